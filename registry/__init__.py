@@ -1,0 +1,1 @@
+"""The knowledge base as data (YAML records); shipped inside the package as ``unlearn_kb.registry_data``."""
