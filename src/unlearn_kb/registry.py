@@ -12,8 +12,6 @@ never import torch or transformers.
 from __future__ import annotations
 
 import difflib
-import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -22,14 +20,14 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from unlearn_kb.catalog import registry_root
+from unlearn_kb.errors import Problem, RegistryError, UnknownIdError
 from unlearn_kb.schema import (
     Benchmark,
     Finding,
-    Level,
     MeasuredResult,
     Method,
     Metric,
-    Observed,
     Status,
     Strict,
     Taxonomy,
@@ -47,53 +45,6 @@ COLLECTIONS: dict[str, type[Strict]] = {
     "metrics": Metric,
     "findings": Finding,
 }
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with the registry, located as precisely as the input allows."""
-
-    file: str
-    message: str
-    line: int | None = None
-    record: str | None = None
-    field: str | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        parts = [where]
-        if self.record:
-            parts.append(f"record '{self.record}'")
-        if self.field:
-            parts.append(f"field '{self.field}'")
-        return ": ".join(parts) + f": {self.message}"
-
-
-class RegistryError(Exception):
-    """The registry folder has problems; ``problems`` lists every one of them."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
-
-
-class UnknownIdError(LookupError):
-    """An id that names no record; the message suggests the closest ids."""
-
-    def __init__(self, kind: str, wanted: str, known: Iterable[str]):
-        close = difflib.get_close_matches(wanted, sorted(known), n=3, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        super().__init__(f"no {kind} '{wanted}'{hint}")
-
-
-def default_root() -> Path:
-    """The registry shipped with the package (a wheel) or the repo's ``registry/`` (a checkout)."""
-    override = os.environ.get("UNLEARN_KB_REGISTRY")
-    if override:
-        return Path(override)
-    from importlib.resources import files
-
-    return Path(str(files("unlearn_kb.registry_data")))
 
 
 # --------------------------------------------------------------------------- loading
@@ -200,10 +151,10 @@ class Registry:
             return records[wanted]
         raise UnknownIdError(collection.removesuffix("s"), wanted, records)
 
-    def observed(self, method: Method) -> tuple[Observed, str | None]:
+    def observed(self, method: Method) -> tuple[str, str | None]:
         """The published observed label, and the measured verdict if the toy world gave one."""
         result = self.results.get(method.id)
-        return method.intention.observed, (result.verdict.value if result else None)
+        return method.intention.observed.value, (result.verdict.value if result else None)
 
     def findings_about(self, method_id: str) -> list[Finding]:
         return [f for f in self.findings.values() if method_id in f.methods]
@@ -222,7 +173,7 @@ def iter_record_files(root: Path) -> Iterator[tuple[str, Path]]:
 
 def load_registry(root: Path | str | None = None) -> Registry:
     """Load and validate a registry folder; raise :class:`RegistryError` listing every problem."""
-    root = Path(root) if root is not None else default_root()
+    root = Path(root) if root is not None else registry_root()
     if not root.is_dir():
         raise RegistryError([Problem(str(root), "no such registry folder")])
     problems: list[Problem] = []
@@ -246,14 +197,17 @@ def load_registry(root: Path | str | None = None) -> Registry:
 
     collected: dict[str, dict[str, Strict]] = {name: {} for name in COLLECTIONS}
     origin: dict[tuple[str, str], str] = {}
+    broken: set[str] = set()  # ids of records that failed on their own: no cascade of errors about them
     for collection, path in iter_record_files(root):
         data, errs = _read_yaml(path, shown(path))
         problems += errs
         if errs:
+            broken.add(path.stem)
             continue
         record, errs = _validate(COLLECTIONS[collection], data, path, shown(path))
         problems += errs
         if record is None:
+            broken.add(data["id"] if isinstance(data, dict) and isinstance(data.get("id"), str) else path.stem)
             continue
         record_id = record.id  # type: ignore[attr-defined]
         if record_id in collected[collection]:
@@ -287,20 +241,22 @@ def load_registry(root: Path | str | None = None) -> Registry:
     if taxonomy is None:
         raise RegistryError(problems)
     registry = Registry(root=root, taxonomy=taxonomy, results=results, **collected)  # type: ignore[arg-type]
-    problems += _cross_reference(registry, origin, shown(results_dir))
+    problems += _cross_reference(registry, origin, shown(results_dir), broken)
     if problems:
         raise RegistryError(problems)
     return registry
 
 
-def _cross_reference(registry: Registry, origin: dict[tuple[str, str], str], results_dir: str) -> list[Problem]:
+def _cross_reference(
+    registry: Registry, origin: dict[tuple[str, str], str], results_dir: str, broken: set[str]
+) -> list[Problem]:
     """Every id a record mentions must name a record of the right kind."""
     problems: list[Problem] = []
     families = registry.families
 
     def check(collection: str, record_id: str, field_path: str, wanted: Iterable[str], known, kind: str):
         for ref in wanted:
-            if ref not in known:
+            if ref not in known and ref not in broken:
                 close = difflib.get_close_matches(ref, sorted(known), n=1, cutoff=0.5)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 problems.append(
@@ -341,86 +297,6 @@ def _cross_reference(registry: Registry, origin: dict[tuple[str, str], str], res
         if method_id not in registry.methods:
             problems.append(Problem(results_dir, f"result for unknown method '{method_id}'", field="method"))
     return problems
-
-
-# --------------------------------------------------------------------------- queries
-
-
-@dataclass(frozen=True)
-class MethodQuery:
-    """Filters for :func:`query_methods`; every filter that is set must hold."""
-
-    intent: str | None = None
-    observed: str | None = None
-    level: str | None = None
-    family: str | None = None
-    benchmark: str | None = None
-    status: str | None = None
-    reference_free: bool = False
-    retain_free: bool = False
-    text: str | None = None
-
-
-def _searchable_text(registry: Registry, method: Method) -> str:
-    parts = [method.id, method.name, *method.aliases, method.summary, method.description,
-             method.intention.rationale, method.scalability.compute, method.scalability.memory,
-             method.scalability.notes or "", method.implementation.notes or "", method.notes or ""]
-    for finding in registry.findings_about(method.id):
-        parts += [finding.title, finding.claim, *finding.numbers]
-    return " ".join(parts).lower()
-
-
-def query_methods(registry: Registry, q: MethodQuery) -> list[Method]:
-    """The methods matching every filter in ``q``, sorted by id.
-
-    ``observed`` matches the published label or, where the toy world measured one, the
-    measured verdict: both are evidence, and a user filtering for suppression-like methods
-    wants either kind.
-    """
-    if q.family is not None and q.family not in registry.families:
-        raise UnknownIdError("family", q.family, registry.families)
-    if q.benchmark is not None and q.benchmark not in registry.benchmarks:
-        raise UnknownIdError("benchmark", q.benchmark, registry.benchmarks)
-    words = q.text.lower().split() if q.text else []
-    found = []
-    for method in registry.methods.values():
-        if q.intent and method.intention.stated.value != q.intent:
-            continue
-        if q.observed:
-            published, measured = registry.observed(method)
-            if q.observed not in (published.value, measured):
-                continue
-        if q.level and method.level.value != q.level:
-            continue
-        if q.family and method.family != q.family:
-            continue
-        if q.benchmark and q.benchmark not in method.evaluation.benchmarks:
-            continue
-        if q.status and method.implementation.status.value != q.status:
-            continue
-        if q.reference_free and method.requirements.reference_model:
-            continue
-        if q.retain_free and method.requirements.retain_set:
-            continue
-        if words:
-            haystack = _searchable_text(registry, method)
-            if not all(w in haystack for w in words):
-                continue
-        found.append(method)
-    return sorted(found, key=lambda m: m.id)
-
-
-def taxonomy_grid(registry: Registry) -> dict[str, dict[str, list[str]]]:
-    """Method ids by intervention level, then by stated intention: the SoK's grid."""
-    grid: dict[str, dict[str, list[str]]] = {lv.value: {"removal": [], "suppression": []} for lv in Level}
-    for method in sorted(registry.methods.values(), key=lambda m: m.id):
-        grid[method.level.value][method.intention.stated.value].append(method.id)
-    return grid
-
-
-def to_json(records: Iterable[Strict]) -> str:
-    """A JSON array of full records, exactly as the published JSON Schema describes them."""
-    return json.dumps([r.model_dump(mode="json") for r in records], indent=2, ensure_ascii=False)
 
 
 def check_slug(text: str, what: str = "id") -> str:

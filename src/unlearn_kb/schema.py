@@ -13,10 +13,20 @@ checked across records when the registry is loaded (:mod:`unlearn_kb.registry`).
 from __future__ import annotations
 
 import re
-from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from unlearn_kb.vocab import (  # noqa: F401 - re-exported: the schema is where users look for them
+    FindingKind,
+    Intention,
+    Level,
+    MeasureKind,
+    Observed,
+    Sequential,
+    Status,
+    Verdict,
+)
 
 SLUG_PATTERN = r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$"
 ARXIV_PATTERN = r"^\d{4}\.\d{4,5}$"
@@ -35,84 +45,10 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 class Strict(BaseModel):
     """Base for every record: unknown keys are errors, field docstrings become schema text."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True, defer_build=True)
 
 
 # --------------------------------------------------------------------------- vocabularies
-
-
-class Intention(StrEnum):
-    """What a method's authors set out to do (the SoK's axis, arXiv 2506.09227)."""
-
-    removal = "removal"
-    suppression = "suppression"
-
-
-class Observed(StrEnum):
-    """How the method has been seen to behave under recovery attacks and probes."""
-
-    removal_like = "removal-like"
-    suppression_like = "suppression-like"
-    contested = "contested"
-    unknown = "unknown"
-
-
-class Verdict(StrEnum):
-    """A measured verdict from ``unlearn-kb eval`` (see the evaluation docs for the rule)."""
-
-    removal_like = "removal-like"
-    suppression_like = "suppression-like"
-    ineffective = "ineffective"
-    destructive = "destructive"
-
-
-class Level(StrEnum):
-    """Where in the model the method intervenes."""
-
-    parameter = "parameter"
-    representation = "representation"
-    input = "input"
-    output = "output"
-
-
-class Sequential(StrEnum):
-    """Whether successive forget requests are supported."""
-
-    supported = "supported"
-    degrades = "degrades"
-    untested = "untested"
-
-
-class Status(StrEnum):
-    """Whether this project ships a runnable implementation."""
-
-    implemented = "implemented"
-    planned = "planned"
-    not_planned = "not-planned"
-
-
-class MeasureKind(StrEnum):
-    """What a metric looks at: outputs (behaviour) or internal state (knowledge)."""
-
-    behaviour = "behaviour"
-    knowledge = "knowledge"
-    utility = "utility"
-
-
-class FindingKind(StrEnum):
-    """The kind of evidence a published finding brings."""
-
-    relearning = "relearning"
-    quantization = "quantization"
-    probing = "probing"
-    orthogonalization = "orthogonalization"
-    jailbreak = "jailbreak"
-    benchmark_critique = "benchmark-critique"
-    editing_recovery = "editing-recovery"
-    mechanism = "mechanism"
-    scalability = "scalability"
-    sequential = "sequential"
-    guardrail_baseline = "guardrail-baseline"
 
 
 # --------------------------------------------------------------------------- shared parts
@@ -406,3 +342,9 @@ class MeasuredResult(Strict):
     seed: int
     versions: dict[str, str]
     date: Text
+
+
+def json_schemas() -> dict[str, dict]:
+    """The JSON Schema of every record kind, as ``unlearn-kb schema`` publishes it."""
+    kinds: dict[str, type[BaseModel]] = {**RECORD_KINDS, "result": MeasuredResult}
+    return {kind: model.model_json_schema() for kind, model in kinds.items()}
