@@ -15,8 +15,7 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from unlearn_kb.cli import app
-from unlearn_kb.cli import common
+from unlearn_kb.cli import app, common
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "registry"

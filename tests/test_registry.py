@@ -6,6 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from unlearn_kb.catalog import Catalog, MethodQuery, query_methods
 from unlearn_kb.errors import RegistryError, UnknownIdError
@@ -78,8 +81,10 @@ def test_unknown_cross_reference_suggests_the_closest_id(fixture_root):
 def test_finding_about_an_unknown_method_is_rejected(fixture_root):
     path = fixture_root / "findings" / "relearn_restores.yaml"
     path.write_text(path.read_text().replace("methods: [alpha_ascent]", "methods: [alpha_ascend]"))
-    [problem] = problems_of(fixture_root)
-    assert "record 'relearn_restores'" in problem and "unknown method id 'alpha_ascend'" in problem
+    problems = problems_of(fixture_root)
+    assert any("record 'relearn_restores'" in p and "unknown method id 'alpha_ascend'" in p for p in problems)
+    # ... and the method that cites it as evidence learns that the finding no longer concerns it
+    assert any("record 'alpha_ascent'" in p and "is not about this method" in p for p in problems)
 
 
 def test_duplicate_id_is_rejected(fixture_root):
@@ -140,6 +145,7 @@ def test_aliases_and_old_ids_resolve(fixture_root):
         (MethodQuery(intent="removal"), ["alpha_ascent", "beta_preference"]),
         (MethodQuery(intent="suppression"), ["gamma_prompt"]),
         (MethodQuery(intent="removal", observed="suppression-like"), ["alpha_ascent"]),
+        (MethodQuery(observed="unknown"), ["beta_preference", "gamma_prompt"]),
         (MethodQuery(level="input"), ["gamma_prompt"]),
         (MethodQuery(reference_free=True, benchmark="bench_one"), ["alpha_ascent"]),
         (MethodQuery(retain_free=True), ["alpha_ascent", "gamma_prompt"]),
@@ -158,3 +164,50 @@ def test_query_with_unknown_family_suggests_one(fixture_root):
     catalog = Catalog.from_registry(load_registry(fixture_root))
     with pytest.raises(UnknownIdError, match="did you mean 'in_context'"):
         query_methods(catalog, MethodQuery(family="in_contxt"))
+
+
+def test_findings_given_as_evidence_must_concern_the_method(fixture_root):
+    path = fixture_root / "methods" / "beta_preference.yaml"
+    path.write_text(path.read_text().replace(
+        "observed: unknown, rationale: No attack has been published.}",
+        "observed: suppression-like, rationale: Relearning., findings: [relearn_restores]}"))
+    [problem] = problems_of(fixture_root)
+    assert "record 'beta_preference'" in problem and "finding 'relearn_restores' is not about this method" in problem
+
+
+def test_observed_label_without_evidence_is_rejected(fixture_root):
+    path = fixture_root / "methods" / "alpha_ascent.yaml"
+    path.write_text(path.read_text().replace(", findings: [relearn_restores]}", "}"))
+    [problem] = problems_of(fixture_root)
+    assert "field 'intention.findings'" in problem and "needs evidence" in problem
+
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 3000) | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(["id", "name", "intention", "level", "citation", "requirements", "hyperparameters",
+                              "evaluation", "implementation", "aliases", "unexpected"]),
+       value=yaml_values)
+def test_any_field_value_gives_a_registry_or_the_clear_error(fixture_root, field, value):
+    path = fixture_root / "methods" / "alpha_ascent.yaml"
+    record = yaml.safe_load((FIXTURE / "methods" / "alpha_ascent.yaml").read_text())
+    record[field] = value
+    path.write_text(yaml.safe_dump(record))
+    try:
+        load_registry(fixture_root)
+    except RegistryError as exc:
+        assert exc.problems and all(str(p).startswith(str(p.file)) for p in exc.problems)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=200))
+def test_any_file_text_gives_a_registry_or_the_clear_error(fixture_root, text):
+    (fixture_root / "metrics" / "metric_one.yaml").write_text(text)
+    try:
+        load_registry(fixture_root)
+    except RegistryError as exc:
+        assert any("metric_one.yaml" in str(p) for p in exc.problems)

@@ -267,6 +267,17 @@ def _cross_reference(
     for m in registry.methods.values():
         check("methods", m.id, "family", [m.family], families, "family")
         check("methods", m.id, "intention.findings", m.intention.findings, registry.findings, "finding")
+        if m.intention.observed.value != "unknown" and not m.intention.findings:
+            problems.append(Problem(origin[("methods", m.id)],
+                                    f"observed '{m.intention.observed.value}' needs evidence: list the "
+                                    "finding ids that support it (or say 'unknown')",
+                                    record=m.id, field="intention.findings"))
+        for finding_id in m.intention.findings:
+            finding = registry.findings.get(finding_id)
+            if finding is not None and m.id not in finding.methods:
+                problems.append(Problem(origin[("methods", m.id)],
+                                        f"finding '{finding_id}' is not about this method (its 'methods' "
+                                        "does not list it)", record=m.id, field="intention.findings"))
         check("methods", m.id, "evaluation.benchmarks", m.evaluation.benchmarks, registry.benchmarks, "benchmark")
         for i, r in enumerate(m.evaluation.reported):
             check("methods", m.id, f"evaluation.reported.{i}.benchmark", [r.benchmark], registry.benchmarks, "benchmark")

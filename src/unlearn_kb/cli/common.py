@@ -22,6 +22,8 @@ class Settings:
 settings = Settings()
 
 USER_ERRORS = (UserError, RegistryError, UnknownIdError, FileNotFoundError, PermissionError)
+ENGINE_PACKAGES = {"torch", "transformers", "accelerate", "peft", "safetensors", "tokenizers", "numpy", "scipy"}
+OPTIONAL_PACKAGES = {"mkdocs": "docs", "material": "docs", "datasets": "datasets"}
 
 
 def fail(exc: BaseException) -> NoReturn:
@@ -33,6 +35,13 @@ def fail(exc: BaseException) -> NoReturn:
             print(f"error: {problem}", file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found.", file=sys.stderr)
         sys.exit(2)
+    if isinstance(exc, ModuleNotFoundError):
+        package = (exc.name or "").split(".")[0]
+        extra = "run" if package in ENGINE_PACKAGES else OPTIONAL_PACKAGES.get(package)
+        if extra:
+            print(f"error: this command needs '{package}', which is not installed: "
+                  f"pip install 'unlearn-kb[{extra}]'", file=sys.stderr)
+            sys.exit(2)
     if isinstance(exc, USER_ERRORS):
         message = exc.args[0] if isinstance(exc, UnknownIdError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
