@@ -126,7 +126,7 @@ class LanguageModel:
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         past = None
-        step_ids, step_mask, step_pos = input_ids, attention_mask, positions
+        step_ids, step_pos = input_ids, positions
         sequence, mask = input_ids, attention_mask
         with torch.no_grad():
             for _ in range(max_new_tokens):

@@ -1,0 +1,188 @@
+"""Cost of one unlearning step per method, next to a plain fine-tuning step, through the real engine.
+
+The fixed setting (issue 7), so that figures compare across tools: a Llama config with hidden 256,
+intermediate 688, 4 layers, 4 heads, vocab 1000, random weights, seed 0; forget and retain
+batches of 8 x 64 tokens whose first 16 tokens are masked (the prompt); AdamW at lr 1e-5;
+2 threads; the baseline is a fine-tuning step (NLL) on the forget batch alone. A step is the
+objective, the backward pass and the optimizer step, run by :func:`unlearn_kb.engine.trainer.train`
+exactly as ``unlearn-kb run`` runs it. Each method runs in its own process, so peak memory
+(resident set on the CPU, allocated memory on a GPU) is its own.
+
+    python benchmarks/step_cost.py                      # every implemented method, CPU
+    python benchmarks/step_cost.py --methods ga,npo --steps 30
+    python benchmarks/step_cost.py --shape llama-3.2-1b --device cuda   # on a GPU: MFU too
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+# Step time as a multiple of the fine-tuning step, measured in exactly this setting with
+# open-unlearning at commit d3d7cf9 and its own trainers and defaults (issue 7).
+PEER = {"ga": 1.16, "grad_diff": 2.01, "ga_kl": 2.62, "npo": 2.10, "simnpo": 1.90, "rmu": 2.09,
+        "wga": 1.92, "satimp": 2.00, "undial": 2.34}
+TARGET = {"ga": 1.1, "grad_diff": 2.0, "ga_kl": 2.2, "npo": 1.95, "simnpo": 1.9, "rmu": 1.0,
+          "wga": 1.9, "satimp": 1.9, "undial": 1.3}
+
+SHAPES = {
+    "issue7": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                   num_key_value_heads=4, vocab_size=1000),
+    # Llama-3.2-1B's shape (random weights: speed needs no download).
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
+}
+BATCH, SEQUENCE, PROMPT = 8, 64, 16
+FINETUNE = "finetune"
+
+
+@dataclass
+class Measurement:
+    method: str
+    median_step_s: float
+    tokens_per_s: float
+    peak_memory_mb: float
+    trained_parameters: int
+    reference: str
+    steps_timed: int
+    mfu: float | None = None
+
+
+def _examples(count: int, offset: int):
+    """Question of 15 tokens (+BOS = 16 masked), answer of 47 tokens (+EOS): 64 tokens each."""
+    from unlearn_kb.engine.data import Example
+
+    def words(start: int, n: int) -> str:
+        return " ".join(f"w{(start + k) % 996}" for k in range(n))
+
+    return [Example(question=words(offset + 97 * i, 15), answer=words(offset + 31 * i + 7, 47),
+                    extras={"alternate": words(offset + 13 * i, 47)}) for i in range(count)]
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>"] + [f"w{k}" for k in range(996)])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                 unk_token="<unk>")
+    hf.chat_template = "{{ messages[0]['content'] }}"  # the prompt is the bare question: 15 tokens + BOS
+    return hf
+
+
+def worker(method_id: str, steps: int, shape: str, device: str) -> Measurement:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from unlearn_kb.engine.method import GradientMethod, nll, with_total
+    from unlearn_kb.engine.run import config_class, resolve_method, resolve_settings
+    from unlearn_kb.engine.trainer import RunConfig, train
+    from unlearn_kb.registry import load_registry
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    tokenizer = _tokenizer()
+    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
+                         eos_token_id=2)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").to(device)
+    run_settings = dict(lr=1e-5, batch_size=BATCH, grad_accum=1, steps=steps, max_length=SEQUENCE,
+                        weight_decay=0.0)
+    if method_id == FINETUNE:
+        class FineTune(GradientMethod):
+            def loss(self, step, config):
+                return with_total({"nll": nll(step.token_logprobs("forget"), step.mask("forget"))})
+
+        method, method_config, run = FineTune(), None, RunConfig(**run_settings)
+    else:
+        record, method_cls = resolve_method(method_id, load_registry())
+        settings = resolve_settings(record, config_class(method_cls), toy=False, overrides=run_settings)
+        method, method_config, run = method_cls(), settings.config, settings.run
+    forget, retain = _examples(BATCH * 4, 0), _examples(BATCH * 4, 500)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = train(method, method_config, run, model=model, tokenizer=tokenizer, forget=forget, retain=retain)
+    warm = result.records[2:] or result.records
+    step_times = [r["tokens"] / r["tokens_per_s"] for r in warm]
+    median = statistics.median(step_times)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tokens_per_s = statistics.median(r["tokens_per_s"] for r in warm)
+    mfu = None
+    if device == "cuda":
+        # 6 N FLOPs per trained token (forward + backward), N = non-embedding parameters.
+        n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
+        peak_flops = float(os.environ.get("PEAK_BF16_FLOPS", 989e12))  # H100 SXM dense bf16
+        mfu = 6 * n * tokens_per_s / peak_flops
+    return Measurement(method_id, median, tokens_per_s, peak, result.trained_parameters, result.reference,
+                       len(warm), mfu)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="", help="comma-separated ids (default: every implemented one)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="issue7")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", dest="json_out", default=None, help="also write the figures to this file")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(asdict(worker(args.worker, args.steps, args.shape, args.device))))
+        return
+
+    from unlearn_kb.registry import load_registry
+
+    implemented = sorted(m.id for m in load_registry().implemented())
+    methods = [m for m in args.methods.split(",") if m] or implemented
+    rows: list[Measurement] = []
+    started = time.time()
+    for method_id in [FINETUNE, *methods]:
+        out = subprocess.run([sys.executable, __file__, "--worker", method_id, "--steps", str(args.steps),
+                              "--shape", args.shape, "--device", args.device],
+                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+        if out.returncode != 0:
+            print(f"{method_id}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append(Measurement(**json.loads(out.stdout.strip().splitlines()[-1])))
+    base = next(r for r in rows if r.method == FINETUNE).median_step_s
+    print(f"step cost, {args.shape} shape, {BATCH}x{SEQUENCE} tokens, {args.steps} steps each "
+          f"(median after 2 warm-up steps), device {args.device}, {platform.processor() or platform.machine()}, "
+          f"torch threads 2, {time.strftime('%Y-%m-%d')}")
+    header = f"{'method':10s} {'step (ms)':>10s} {'x finetune':>10s} {'peer x':>7s} {'target':>7s} " \
+             f"{'tokens/s':>9s} {'peak MB':>8s} {'trained params':>15s} {'reference':>9s}"
+    if args.device == "cuda":
+        header += f" {'MFU':>6s}"
+    print(header)
+    table = []
+    for r in rows:
+        ratio = r.median_step_s / base
+        line = (f"{r.method:10s} {r.median_step_s * 1e3:10.1f} {ratio:10.2f} {PEER.get(r.method, float('nan')):7.2f} "
+                f"{TARGET.get(r.method, float('nan')):7.2f} {r.tokens_per_s:9.0f} {r.peak_memory_mb:8.0f} "
+                f"{r.trained_parameters:15,d} {r.reference:>9s}")
+        if r.mfu is not None:
+            line += f" {r.mfu:6.1%}"
+        print(line)
+        table.append({**asdict(r), "ratio": ratio, "peer": PEER.get(r.method), "target": TARGET.get(r.method)})
+    print(f"({time.time() - started:.0f} s)")
+    if args.json_out:
+        with open(args.json_out, "w") as handle:
+            json.dump({"shape": args.shape, "device": args.device, "date": time.strftime("%Y-%m-%d"),
+                       "rows": table}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
