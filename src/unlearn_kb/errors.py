@@ -54,3 +54,7 @@ class UnknownIdError(LookupError):
         close = difflib.get_close_matches(wanted, sorted(known), n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         super().__init__(f"no {kind} '{wanted}'{hint}")
+
+
+class TrainingError(UserError):
+    """A run that diverged (a non-finite loss); the message names the step, the term and a remedy."""

@@ -1,0 +1,338 @@
+"""The one training loop every gradient-based method runs through.
+
+Written on ``accelerate``: the same code runs on the CPU, on one GPU, and under
+``accelerate launch`` with several processes (the loaders are sharded, gradients are averaged,
+only the main process logs). Per step it draws a forget batch (with the alternate answers of the
+same questions when the method reads them) and a retain batch (the retain loader cycles when it
+is shorter), asks the method for its loss terms through a :class:`~unlearn_kb.engine.method.Step`,
+and takes an AdamW step on the trained parameters only.
+
+Reference quantities: a method that reads only reference *sequence* log-probs (NPO, DPO) gets
+them computed once per example with the starting model before the first update, and no copy of
+the model is kept; a method that reads reference logits or hidden states at every step (KL,
+UNDIAL, RMU) gets a frozen copy; a method that reads neither gets nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader
+
+from unlearn_kb.engine.data import (
+    IGNORE_INDEX,
+    DataError,
+    Encoded,
+    Example,
+    collate,
+    encode_all,
+    encode_example,
+)
+from unlearn_kb.engine.method import GradientMethod, LMForward, Reference, Step
+from unlearn_kb.errors import ConfigError, TrainingError
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+"""Called after every optimizer step with that step's log record (``step``, ``total_steps``,
+``loss`` and each term, ``lr``, ``grad_norm``, ``tokens_per_s``, ``seconds``)."""
+
+
+@dataclass
+class RunConfig:
+    """Run settings shared by every method; each is overridable with ``--set key=value``.
+
+    The defaults are open-unlearning's TOFU settings where it has one. A method's record may
+    change them at toy scale (``implementation.toy_overrides``).
+    """
+
+    lr: float = 1e-5  # peak learning rate (TOFU and MUSE runs in open-unlearning)
+    steps: int = 0  # optimizer steps; 0 derives them from `epochs`
+    epochs: float = 10.0  # passes over the forget set when steps is 0 (TOFU: 10)
+    batch_size: int = 8  # forget examples per micro-batch; retain batches have the same size
+    grad_accum: int = 4  # micro-batches per optimizer step (open-unlearning: 8 x 4 = 32)
+    max_length: int = 512  # tokens per example (TOFU's max_length); longer prompts lose their start
+    warmup: float = 0.0  # fraction of the steps with a linear warm-up from 0
+    schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warm-up
+    clip: float = 1.0  # maximum gradient norm; 0 disables clipping
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (TOFU: 0.01)
+    reference_cache_mb: int = 2048  # memory for cached reference hidden states (RMU)
+    forget_eos: bool = True  # the forget loss covers the end-of-sequence token after each answer, as in peer code
+
+
+@dataclass
+class TrainResult:
+    """What a training run did; the model itself was changed in place."""
+
+    steps: int
+    records: list[dict[str, Any]]
+    reference: Literal["none", "cached", "live"]
+    """How reference quantities were obtained: not at all, precomputed once, or a frozen copy."""
+    trained_parameters: int
+    """Number of scalar parameters that received updates."""
+    seconds: float
+    tokens: int
+    main_process: bool = True
+    reference_forwards: dict[tuple[str, int], int] = field(default_factory=dict)
+    """Per ``(batch, example index)``: how often the reference computed its sequence log-prob."""
+
+
+def _alternate_answer(example: Example, index: int) -> str:
+    alternate = example.extras.get("alternate")
+    if isinstance(alternate, list) and alternate:
+        alternate = alternate[index % len(alternate)]  # a fixed pick per example, as TOFU's random one
+    if not isinstance(alternate, str) or not alternate.strip():
+        raise DataError(
+            f"forget example {index} has no 'alternate' answer; this method trains towards an "
+            "alternate (refusal) answer, so every forget example needs one, e.g. "
+            '{"question": ..., "answer": ..., "alternate": "I don\'t know."}'
+        )
+    return alternate
+
+
+class _ForgetSet(torch.utils.data.Dataset):
+    """Forget examples by index, with the alternate answer of the same question when needed."""
+
+    def __init__(self, forget: list[Encoded], alternate: list[Encoded] | None):
+        self.forget, self.alternate = forget, alternate
+
+    def __len__(self) -> int:
+        return len(self.forget)
+
+    def __getitem__(self, i: int) -> tuple[Encoded, Encoded | None]:
+        return self.forget[i], self.alternate[i] if self.alternate is not None else None
+
+
+def _without_final_eos(encoded: list[Encoded], eos_id: int | None) -> list[Encoded]:
+    """The same examples with the label of a final end-of-sequence token masked out."""
+    out = []
+    for e in encoded:
+        labels = list(e.labels)
+        if eos_id is not None and labels and labels[-1] == eos_id:
+            labels[-1] = IGNORE_INDEX
+        out.append(Encoded(input_ids=e.input_ids, labels=labels, index=e.index))
+    return out
+
+
+def _forget_collate(pad_id: int) -> Callable[[list[tuple[Encoded, Encoded | None]]], dict[str, Any]]:
+    def collate_pairs(rows: list[tuple[Encoded, Encoded | None]]) -> dict[str, Any]:
+        out = {"forget": collate([f for f, _ in rows], pad_id)}
+        if rows[0][1] is not None:
+            out["alternate"] = collate([a for _, a in rows], pad_id)  # type: ignore[misc]
+        return out
+    return collate_pairs
+
+
+def _cycle(loader: DataLoader) -> Iterator[Any]:
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def _schedule(run: RunConfig, total: int) -> Callable[[int], float]:
+    warmup = int(round(run.warmup * total))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if run.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if run.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _chunks(items: Sequence[Encoded], size: int) -> Iterator[list[Encoded]]:
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
+
+
+def _freeze(model: torch.nn.Module, names: list[str] | None) -> list[torch.nn.Parameter]:
+    """Set ``requires_grad`` for the trained parameters only; return them."""
+    params = dict(model.named_parameters())
+    if names is None:
+        names = list(params)
+    unknown = sorted(set(names) - set(params))
+    if unknown:
+        raise ConfigError(f"the method asks to train parameters the model does not have: {unknown[:3]}")
+    chosen = set(names)
+    for name, p in params.items():
+        p.requires_grad_(name in chosen)
+    return [params[n] for n in params if n in chosen]
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of the starting model: the reference for objectives read at every step."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def train(
+    method: GradientMethod,
+    config: Any,
+    run: RunConfig,
+    *,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    forget: Sequence[Example],
+    retain: Sequence[Example] | None = None,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Unlearn ``forget`` from ``model`` (in place) with ``method``; return what happened.
+
+    ``log`` receives every step's record (the run writes them as JSON lines); ``progress`` gets
+    the same record, for a progress bar. A non-finite loss term stops the run with a
+    :class:`~unlearn_kb.errors.TrainingError` naming the step and the term.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if not forget:
+        raise DataError("the forget set is empty")
+    if run.batch_size < 1 or run.grad_accum < 1 or run.max_length < 2 or run.lr <= 0:
+        raise ConfigError("batch_size, grad_accum must be >= 1, max_length >= 2 and lr > 0")
+    needs_retain = method.needs_retain(config)
+    if needs_retain and not retain:
+        raise DataError(f"{type(method).__name__} has a retain term (alpha = {getattr(config, 'alpha', '?')}) "
+                        "and needs retain data; give --retain, or --set alpha=0 to drop the term")
+
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    set_seed(seed)
+    device = accelerator.device
+    pad_id = tokenizer.pad_token_id
+
+    # -------------------------------------------------------------- what is trained
+    trained = _freeze(model, method.trainable_parameters(model, config))
+    if not trained:
+        raise ConfigError("the method selected no parameters to train")
+    model.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    method.prepare(model, config, generator)
+
+    # -------------------------------------------------------------- data
+    forget_encoded = encode_all(tokenizer, forget, run.max_length)
+    if not run.forget_eos:
+        forget_encoded = _without_final_eos(forget_encoded, tokenizer.eos_token_id)
+    alternate_encoded = None
+    if method.uses_alternate:
+        alternate_encoded = [encode_example(tokenizer, ex.with_answer(_alternate_answer(ex, i)), i, run.max_length)
+                             for i, ex in enumerate(forget)]
+    forget_loader = DataLoader(_ForgetSet(forget_encoded, alternate_encoded), batch_size=run.batch_size,
+                               shuffle=True, collate_fn=_forget_collate(pad_id),
+                               generator=torch.Generator().manual_seed(seed))
+    retain_loader = None
+    if needs_retain:
+        retain_encoded = encode_all(tokenizer, list(retain or []), run.max_length)
+        retain_loader = DataLoader(retain_encoded, batch_size=run.batch_size, shuffle=True,
+                                   collate_fn=lambda rows: collate(rows, pad_id),
+                                   generator=torch.Generator().manual_seed(seed + 1))
+
+    # -------------------------------------------------------------- reference quantities
+    forward = LMForward(model)
+    reference: Reference | None = None
+    mode: Literal["none", "cached", "live"] = "none"
+    live = method.uses_reference and method.live_reference(config)
+    if method.uses_reference and (live or method.reference_sequences):
+        cache_bytes = run.reference_cache_mb << 20
+        if live:
+            reference, mode = Reference(LMForward(frozen_copy(model)), cache_bytes), "live"
+        else:
+            # The starting model *is* the reference before the first update: no copy needed.
+            reference, mode = Reference(forward, cache_bytes), "cached"
+        was_training = model.training
+        model.eval()
+        with accelerator.autocast():
+            for name in method.reference_sequences:
+                encoded = forget_encoded if name == "forget" else alternate_encoded
+                if encoded is None:
+                    raise RuntimeError(f"reference_sequences names '{name}', which this run does not build")
+                for chunk in _chunks(encoded, run.batch_size):
+                    batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+                    reference.sequence_logprobs(name, batch)
+        model.train(was_training)
+        if not live:
+            reference.release()
+
+    # -------------------------------------------------------------- optimiser and schedule
+    optimizer = torch.optim.AdamW(trained, lr=run.lr, weight_decay=run.weight_decay,
+                                  fused=device.type == "cuda")
+    if retain_loader is not None:
+        forward, optimizer, forget_loader, retain_loader = accelerator.prepare(
+            forward, optimizer, forget_loader, retain_loader)
+    else:
+        forward, optimizer, forget_loader = accelerator.prepare(forward, optimizer, forget_loader)
+    total = run.steps or max(1, math.ceil(run.epochs * len(forget_loader) / run.grad_accum))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(run, total))
+    forget_batches = _cycle(forget_loader)
+    retain_batches = _cycle(retain_loader) if retain_loader is not None else None
+
+    # -------------------------------------------------------------- the loop
+    model.train()
+    records: list[dict[str, Any]] = []
+    all_tokens = 0
+    started = time.perf_counter()
+    for step_number in range(1, total + 1):
+        step_started = time.perf_counter()
+        sums: dict[str, float] = {}
+        tokens = 0
+        for micro in range(run.grad_accum):
+            batches = dict(next(forget_batches))
+            if retain_batches is not None:
+                batches["retain"] = next(retain_batches)
+            # Gradients are all-reduced on the last micro-batch only.
+            with nullcontext() if micro == run.grad_accum - 1 else accelerator.no_sync(forward):
+                with accelerator.autocast():
+                    step = Step(forward, batches, reference, number=step_number)
+                    terms = method.loss(step, config)
+                for name, value in terms.items():
+                    number = float(value.detach())
+                    if not math.isfinite(number):
+                        raise TrainingError(
+                            f"step {step_number}: loss term '{name}' is {number}; the run diverged. "
+                            f"Lower the learning rate (now {run.lr:g}, --set lr=...) or check the data"
+                        )
+                    sums[name] = sums.get(name, 0.0) + number / run.grad_accum
+                accelerator.backward(terms["loss"] / run.grad_accum)
+            tokens += step.tokens
+        grad_norm = accelerator.clip_grad_norm_(trained, run.clip if run.clip > 0 else float("inf"))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        seconds = time.perf_counter() - step_started
+        all_tokens += tokens
+        record = {"step": step_number, "total_steps": total, **sums, "lr": lr,
+                  "grad_norm": float(grad_norm), "tokens": tokens,
+                  "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+                  "seconds": time.perf_counter() - started}
+        if accelerator.is_main_process:
+            records.append(record)
+            if log is not None:
+                log(record)
+            if progress is not None:
+                progress(record)
+
+    accelerator.wait_for_everyone()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    return TrainResult(
+        steps=total, records=records, reference=mode,
+        trained_parameters=sum(p.numel() for p in trained),
+        seconds=time.perf_counter() - started, tokens=all_tokens,
+        main_process=accelerator.is_main_process,
+        reference_forwards=dict(reference.forwards) if reference is not None else {},
+    )
