@@ -33,11 +33,17 @@ EXPECTED: dict[str, tuple[float, float, str]] = {
 
 
 def test_every_implemented_method_has_a_toy_world_expectation():
+    # Gradient methods are tested here; BuildMethods (weight arithmetic, output wrappers) in
+    # test_methods_part2.py, whose own EXPECTED map holds their bounds.
+    from test_methods_part2 import EXPECTED as BUILD_EXPECTED
+
     registry = load_registry()
     implemented = {m.id for m in registry.implemented()}
-    assert implemented == set(EXPECTED), "add the method to EXPECTED, with its bounds and why"
+    assert not set(EXPECTED) & set(BUILD_EXPECTED), "a method is expected in two test files"
+    covered = set(EXPECTED) | set(BUILD_EXPECTED)
+    assert implemented == covered, "add the method to an EXPECTED map, with its bounds and why"
     tested = {m.id for m in registry.implemented() if m.implementation.tested}
-    assert tested <= set(EXPECTED), "a record says tested: true without a toy-world test"
+    assert tested <= covered, "a record says tested: true without a toy-world test"
 
 
 @pytest.mark.slow

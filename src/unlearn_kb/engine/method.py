@@ -11,7 +11,9 @@ A method module (``methods/<id>.py``, shipped as ``unlearn_kb.methods.<id>``) ho
    with shapes in comments, so tests can check them against values computed by hand;
 4. a class deriving from :class:`GradientMethod` that declares what the objective needs
    (``uses_reference``, ``uses_retain``, ``uses_alternate``, optionally the trainable parameters)
-   and turns a :class:`Step` into loss terms.
+   and turns a :class:`Step` into loss terms; or, for a method that is not one loss over one
+   model (weight arithmetic, an output filter, a logit offset), a class deriving from
+   :class:`BuildMethod` whose ``build`` returns the served model (see there).
 
 No loops, data loading or model building live in a method module: they belong to the trainer
 (:mod:`unlearn_kb.engine.trainer`).
@@ -37,7 +39,9 @@ Conventions shared by every method (and by the tests):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -424,4 +428,50 @@ class GradientMethod:
 
     def loss(self, step: Step, config: Any) -> dict[str, torch.Tensor]:
         """``{"loss": total}`` plus each term under its own name, for the log."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- methods without a loss per step
+
+
+@dataclass
+class Built:
+    """What a :class:`BuildMethod` returns.
+
+    ``lm`` is the model as served: the original's :class:`~unlearn_kb.engine.lm.LanguageModel`
+    with changed weights (``lm.intervention == "weights"``; the run saves a checkpoint), or a
+    wrapper around the unchanged weights (the run saves only a manifest that says so, plus what
+    ``save`` writes: the wrapper's own state). ``train`` is the engine training run inside the
+    build, if there was one; ``state`` is a JSON summary of the method's state for the manifest.
+    """
+
+    lm: Any
+    train: Any = None
+    state: dict[str, Any] = field(default_factory=dict)
+    save: Callable[[Path], None] | None = None
+
+
+class BuildMethod:
+    """Base class of methods that build their result instead of giving the trainer a loss.
+
+    Weight arithmetic (task vectors), output filters and logit offsets do not fit one objective
+    over one model: they fine-tune a copy and subtract, wrap the frozen model, or train a second
+    model. :meth:`build` receives the original model and the data and returns a :class:`Built`;
+    it may call :func:`unlearn_kb.engine.trainer.train` for any training it needs, so the loop
+    still lives in one place. The config class is the module-level ``Config`` dataclass, resolved
+    from the record exactly as for a :class:`GradientMethod`; ``run`` holds the run settings.
+    """
+
+    uses_reference: ClassVar[bool] = False
+    """Kept in step with the record's ``requirements.reference_model``."""
+
+    def needs_retain(self, config: Any) -> bool:
+        """Whether this run needs retain data."""
+        return False
+
+    def build(self, original: Any, config: Any, run: Any, *, forget: Sequence[Any],
+              retain: Sequence[Any] | None, seed: int, world: Any = None,
+              log: Callable[[dict[str, Any]], None] | None = None,
+              progress: Callable[[dict[str, Any]], None] | None = None) -> Built:
+        """Unlearn ``forget`` from ``original`` (a LanguageModel; changing it in place is allowed)."""
         raise NotImplementedError

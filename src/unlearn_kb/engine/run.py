@@ -201,8 +201,10 @@ def runnable(registry: Registry) -> list[Method]:
 
 
 def resolve_method(method_id: str, registry: Registry) -> tuple[Method, type]:
-    """The record (by id or alias) and the method class its ``implementation.entry`` names."""
-    from unlearn_kb.engine.method import GradientMethod
+    """The record (by id or alias) and the method class its ``implementation.entry`` names: a
+    :class:`~unlearn_kb.engine.method.GradientMethod` (the trainer runs its loss) or a
+    :class:`~unlearn_kb.engine.method.BuildMethod` (its ``build`` returns the served model)."""
+    from unlearn_kb.engine.method import BuildMethod, GradientMethod
 
     record = registry.method(method_id)
     impl = record.implementation
@@ -216,8 +218,9 @@ def resolve_method(method_id: str, registry: Registry) -> tuple[Method, type]:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"registry record '{record.id}': implementation.entry '{impl.entry}' does "
                           f"not resolve ({exc})") from None
-    if not (isinstance(cls, type) and issubclass(cls, GradientMethod)):
-        raise ConfigError(f"registry record '{record.id}': '{impl.entry}' is not a GradientMethod")
+    if not (isinstance(cls, type) and issubclass(cls, GradientMethod | BuildMethod)):
+        raise ConfigError(f"registry record '{record.id}': '{impl.entry}' is neither a GradientMethod "
+                          "nor a BuildMethod")
     return record, cls
 
 
@@ -300,7 +303,9 @@ def _device() -> dict[str, Any]:
 
 @dataclass
 class RunResult:
-    """What :func:`run_method` did and measured; ``model`` is the unlearned model."""
+    """What :func:`run_method` did and measured; ``model`` is the unlearned model (for a
+    :class:`~unlearn_kb.engine.method.BuildMethod`, the served ``LanguageModel``, which may be a
+    wrapper around the unchanged original)."""
 
     method: str
     entry: str
@@ -434,10 +439,17 @@ def run_method(
             "seconds": round(time.perf_counter() - clock, 3),
         }
 
+    import torch
     from accelerate import PartialState
 
     clock = time.perf_counter()
-    if output is None or not PartialState().is_main_process:  # under accelerate launch, rank 0 writes
+    from unlearn_kb.engine.method import BuildMethod
+
+    if isinstance(method, BuildMethod):
+        return _run_build(method, record, settings, lm, sets, before, forget_set=forget_set,
+                          retain_set=retain_set, seed=seed, world=world if toy else None, output=output,
+                          progress=progress, clock=clock, describe=manifest, tokenizer=tokenizer)
+    if output is None or not PartialState(cpu=not torch.cuda.is_available()).is_main_process:  # rank 0 writes
         result, after = finish(None)
     else:
         with output:
@@ -458,4 +470,61 @@ def run_method(
         trained_parameters=result.trained_parameters, records=result.records,
         out=output.out if output is not None else None, model=lm_model, tokenizer=tokenizer,
         reference_forwards=result.reference_forwards,
+    )
+
+
+def _run_build(method: Any, record: Method, settings: Settings, lm: Any, sets: dict[str, list[Example]],
+               before: dict[str, float | None], *, forget_set: list[Example], retain_set: list[Example] | None,
+               seed: int, world: Any, output: Any, progress: Any, clock: float,
+               describe: Callable[[Any, dict[str, float | None]], dict[str, Any]], tokenizer: Any) -> RunResult:
+    """The :class:`~unlearn_kb.engine.method.BuildMethod` path of :func:`run_method`.
+
+    Saved to ``out``: a method that changed the weights (``intervention == "weights"``) gets a
+    checkpoint, as a gradient method does; a wrapper gets no weights at all, since its weights
+    *are* the original's, and the manifest says so (``weights``) next to the method's state
+    (``state``, plus any files its ``save`` writes, e.g. a blocklist or the offset model).
+    """
+    import torch
+    from accelerate import PartialState
+
+    from unlearn_kb.engine.trainer import TrainResult
+
+    def finish(log: Callable[[dict[str, Any]], None] | None) -> tuple[Any, TrainResult, dict[str, float | None]]:
+        built = method.build(lm, settings.config, settings.run, forget=forget_set, retain=retain_set, seed=seed,
+                             world=world, log=log, progress=progress)
+        trained = built.train or TrainResult(steps=0, records=[], reference="none", trained_parameters=0,
+                                             seconds=0.0, tokens=0)
+        after = {name: exact_match_recall(built.lm, examples) for name, examples in sets.items()}
+        return built, trained, after
+
+    if output is None or not PartialState(cpu=not torch.cuda.is_available()).is_main_process:
+        built, trained, after = finish(None)
+    else:
+        with output:
+            with (output.staging / "log.jsonl").open("w", encoding="utf-8") as log_file:
+                def write(rec: dict[str, Any]) -> None:
+                    log_file.write(json.dumps(rec) + "\n")
+                    log_file.flush()
+                built, trained, after = finish(write)
+            changed = built.lm.intervention == "weights"
+            if changed:
+                output.save_model(built.lm.model, tokenizer)
+            if built.save is not None:
+                built.save(output.staging)
+            manifest = describe(trained, after)
+            manifest["intervention"] = built.lm.intervention
+            manifest["weights"] = ("this folder (changed weights)" if changed else
+                                   f"unchanged: the original model at {manifest['model']}")
+            manifest["state"] = built.state
+            output.write_manifest(manifest)
+
+    return RunResult(
+        method=record.id, entry=record.implementation.entry or "",
+        config=dataclasses.asdict(settings.config), run=dataclasses.asdict(settings.run),
+        sources=settings.sources, seed=seed, toy=world is not None, before=before, after=after,
+        evaluated={k: len(v) for k, v in sets.items()}, steps=trained.steps,
+        seconds=time.perf_counter() - clock, reference=trained.reference,
+        trained_parameters=trained.trained_parameters, records=trained.records,
+        out=output.out if output is not None else None, model=built.lm, tokenizer=tokenizer,
+        reference_forwards=trained.reference_forwards,
     )

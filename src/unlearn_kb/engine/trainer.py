@@ -189,6 +189,7 @@ def train(
     seed: int = 0,
     progress: ProgressCallback | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
+    trainable: list[str] | None = None,
 ) -> TrainResult:
     """Unlearn ``forget`` from ``model`` (in place) with ``method``; return what happened.
 
@@ -208,13 +209,16 @@ def train(
         raise DataError(f"{type(method).__name__} has a retain term (alpha = {getattr(config, 'alpha', '?')}) "
                         "and needs retain data; give --retain, or --set alpha=0 to drop the term")
 
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    # cpu=True lets torchrun start several CPU processes over gloo (accelerate only detects them so).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision="bf16" if torch.cuda.is_available() else "no")
     set_seed(seed)
     device = accelerator.device
     pad_id = tokenizer.pad_token_id
 
     # -------------------------------------------------------------- what is trained
-    trained = _freeze(model, method.trainable_parameters(model, config))
+    # A LoRA adapter (engine.lora) decides what is trained; otherwise the method does.
+    trained = _freeze(model, trainable if trainable is not None else method.trainable_parameters(model, config))
     if not trained:
         raise ConfigError("the method selected no parameters to train")
     model.to(device)
@@ -306,6 +310,13 @@ def train(
                     sums[name] = sums.get(name, 0.0) + number / run.grad_accum
                 accelerator.backward(terms["loss"] / run.grad_accum)
             tokens += step.tokens
+        if accelerator.num_processes > 1:
+            # Log the global batch's loss, not the main process's shard of it.
+            names = sorted(sums)
+            local = torch.tensor([sums[n] for n in names] + [float(tokens)], device=device)
+            summed = accelerator.reduce(local, reduction="sum")
+            sums = {n: float(v) / accelerator.num_processes for n, v in zip(names, summed[:-1], strict=True)}
+            tokens = int(summed[-1])
         grad_norm = accelerator.clip_grad_norm_(trained, run.clip if run.clip > 0 else float("inf"))
         lr = scheduler.get_last_lr()[0]
         optimizer.step()

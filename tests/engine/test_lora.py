@@ -1,0 +1,55 @@
+"""LoRA through peft: only the adapter trains, the base weights stay, and merging gives a plain model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unlearn_kb.engine.lora import LoraSpec, add_adapter, for_saving, parse_lora
+from unlearn_kb.engine.trainer import RunConfig, train
+from unlearn_kb.errors import ConfigError
+from unlearn_kb.methods import npo, rmu
+
+
+def test_lora_spec_parses_targets_after_their_key():
+    spec = parse_lora("r=4,alpha=8,targets=q_proj,v_proj,merge=false")
+    assert spec == LoraSpec(r=4, alpha=8.0, targets=("q_proj", "v_proj"), merge=False)
+
+
+@pytest.mark.parametrize("text", ["r=0", "rank=4", "r=four", "q_proj", "merge=maybe"])
+def test_bad_lora_spec_is_a_clear_error(text):
+    with pytest.raises(ConfigError, match="--lora"):
+        parse_lora(text)
+
+
+def test_unknown_target_module_names_what_exists(tiny):
+    model, _ = tiny
+    with pytest.raises(ConfigError, match="not modules of this model"):
+        add_adapter(model, LoraSpec(targets=("qkv",)))
+
+
+@pytest.mark.parametrize(("method", "config"), [
+    (npo.NPO(), npo.Config(beta=0.1, alpha=1.0, retain_loss="nll")),
+    (rmu.RMU(), None),
+])
+def test_only_the_adapter_trains_and_the_merged_model_differs_from_the_base(tiny, tiny_data, method, config):
+    model, tokenizer = tiny
+    if config is None:
+        config = rmu.Config(layer=1, update_layers=[0, 1], update_param="down_proj", steering_coeff=20.0,
+                            alpha=10.0, reduction="paper")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    wrapped, trainable = add_adapter(model, LoraSpec(r=2, alpha=4.0, targets=("q_proj", "v_proj", "down_proj")))
+    assert trainable and all("lora_" in name for name in trainable)
+    forget, retain = tiny_data
+    result = train(method, config, RunConfig(lr=1e-2, steps=3, batch_size=2, grad_accum=1, max_length=32),
+                   model=wrapped, tokenizer=tokenizer, forget=forget, retain=retain, trainable=trainable)
+    adapter_size = sum(p.numel() for name, p in wrapped.named_parameters() if name in set(trainable))
+    assert result.trained_parameters == adapter_size < sum(t.numel() for t in before.values()) // 10
+    base = wrapped.get_base_model()
+    for name, p in base.named_parameters():
+        if "lora_" not in name:
+            original = name.replace(".base_layer", "")
+            assert torch.equal(p, before[original]), f"{name} changed"
+    merged = for_saving(wrapped, LoraSpec())
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    assert any(not torch.equal(p, before[name]) for name, p in merged.named_parameters())
