@@ -53,3 +53,16 @@ def test_only_the_adapter_trains_and_the_merged_model_differs_from_the_base(tiny
     merged = for_saving(wrapped, LoraSpec())
     assert not any("lora_" in name for name, _ in merged.named_parameters())
     assert any(not torch.equal(p, before[name]) for name, p in merged.named_parameters())
+
+
+@pytest.mark.slow
+def test_run_with_lora_saves_a_merged_plain_checkpoint(toy_world, tmp_path):
+    from safetensors import safe_open
+
+    from unlearn_kb.engine.run import run_method
+
+    result = run_method("npo", world=toy_world, lora="r=8,alpha=16", out=tmp_path / "run", eval_limit=40)
+    assert result.after["forget"] < result.before["forget"]
+    with safe_open(str(tmp_path / "run" / "model.safetensors"), "pt") as weights:
+        assert not any("lora" in key for key in weights.keys())
+    assert result.trained_parameters < 200_000  # the adapter, not the 1.1 M weights

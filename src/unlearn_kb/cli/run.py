@@ -76,6 +76,9 @@ def run(
         "--trust-remote-code", help="Allow model code from the hub (runs code from the model's repo).")] = False,
     allow_pickle: Annotated[bool, typer.Option(
         "--allow-pickle", help="Allow pickle (*.bin) weights, which can run code when loaded.")] = False,
+    lora: Annotated[str | None, typer.Option(
+        help="Train a LoRA adapter instead of the weights: r=16,alpha=32,targets=q_proj,v_proj[,merge=false]. "
+             "The adapter is merged into the saved model unless merge=false.")] = None,
 ) -> None:
     """Unlearn the forget set from a model with a registered method, and compare recall before and after."""
     if list_methods:
@@ -106,7 +109,7 @@ def run(
         result = run_method(
             method_id, model=model, forget=forget, retain=retain, out=out, overrides=overrides,
             steps=steps, seed=seed, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-            progress=show,
+            lora=lora, progress=show,
         )
     finally:
         bar.stop()

@@ -358,6 +358,7 @@ def run_method(
     seed: int = 0,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    lora: str | None = None,
     dtype: str = "float32",
     eval_limit: int | None = 200,
     progress: Callable[[dict[str, Any]], None] | None = None,
@@ -414,15 +415,26 @@ def run_method(
         raise ConfigError(f"method '{record.id}' has a retain term and needs --retain "
                           "(or --set alpha=0 to run without one)")
 
+    from unlearn_kb.engine.method import BuildMethod
+
     lm_model, tokenizer = load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code,
                                      allow_pickle=allow_pickle)
+    lora_spec = trainable = None
+    if lora is not None:
+        from unlearn_kb.engine.lora import add_adapter, parse_lora
+
+        if isinstance(method, BuildMethod):
+            raise ConfigError(f"--lora applies to gradient methods; '{record.id}' is not trained that way")
+        lora_spec = parse_lora(lora)
+        lm_model, trainable = add_adapter(lm_model, lora_spec)
     lm = LanguageModel(lm_model, tokenizer, max_length=settings.run.max_length)
     sets = {"forget": _sample(forget_set, eval_limit), "retain": _sample(retain_set or [], eval_limit)}
     before = {name: exact_match_recall(lm, examples) for name, examples in sets.items()}
 
     def finish(log: Callable[[dict[str, Any]], None] | None) -> tuple[Any, dict[str, float | None]]:
         result = train(method, settings.config, settings.run, model=lm_model, tokenizer=tokenizer,
-                       forget=forget_set, retain=retain_set, seed=seed, progress=progress, log=log)
+                       forget=forget_set, retain=retain_set, seed=seed, progress=progress, log=log,
+                       trainable=trainable)
         after = {name: exact_match_recall(lm, examples) for name, examples in sets.items()}
         return result, after
 
@@ -435,6 +447,7 @@ def run_method(
             "git_revision": _git_revision(), "reference": result.reference,
             "trained_parameters": result.trained_parameters, "steps": result.steps,
             "recall": {"before": before, "after": after, "examples": {k: len(v) for k, v in sets.items()}},
+            "lora": dataclasses.asdict(lora_spec) if lora_spec is not None else None,
             "started_at": started_at, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - clock, 3),
         }
@@ -443,8 +456,6 @@ def run_method(
     from accelerate import PartialState
 
     clock = time.perf_counter()
-    from unlearn_kb.engine.method import BuildMethod
-
     if isinstance(method, BuildMethod):
         return _run_build(method, record, settings, lm, sets, before, forget_set=forget_set,
                           retain_set=retain_set, seed=seed, world=world if toy else None, output=output,
@@ -458,6 +469,10 @@ def run_method(
                     log_file.write(json.dumps(rec) + "\n")
                     log_file.flush()
                 result, after = finish(write)
+            if lora_spec is not None:
+                from unlearn_kb.engine.lora import for_saving
+
+                lm_model = for_saving(lm_model, lora_spec)
             output.save_model(lm_model, tokenizer)
             output.write_manifest(manifest(result, after))
 
