@@ -41,6 +41,9 @@ SHAPES = {
                          num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True),
 }
 BATCH, SEQUENCE, PROMPT = 8, 64, 16
+# RMU's paper layers (steer 7, update 5-7) do not exist in a 4-layer model: steer the third
+# layer and update the three below it, the same relative place.
+SHAPE_OVERRIDES = {"rmu": {"layer": "2", "update_layers": "[0, 1, 2]"}}
 FINETUNE = "finetune"
 
 
@@ -107,7 +110,8 @@ def worker(method_id: str, steps: int, shape: str, device: str) -> Measurement:
         method, method_config, run = FineTune(), None, RunConfig(**run_settings)
     else:
         record, method_cls = resolve_method(method_id, load_registry())
-        settings = resolve_settings(record, config_class(method_cls), toy=False, overrides=run_settings)
+        overrides = {**run_settings, **SHAPE_OVERRIDES.get(method_id, {})}
+        settings = resolve_settings(record, config_class(method_cls), toy=False, overrides=overrides)
         method, method_config, run = method_cls(), settings.config, settings.run
     forget, retain = _examples(BATCH * 4, 0), _examples(BATCH * 4, 500)
     if device == "cuda":
