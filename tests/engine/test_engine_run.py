@@ -171,3 +171,17 @@ def test_importing_the_run_command_does_not_import_torch():
     code = "import sys, unlearn_kb.cli.run; print('torch' in sys.modules or 'transformers' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_a_second_run_into_the_same_output_folder_is_refused_while_the_first_writes(tmp_path):
+    from unlearn_kb.engine.models import OutputFolder
+    from unlearn_kb.errors import UserError
+
+    first = OutputFolder(tmp_path / "run")
+    with pytest.raises(UserError, match="another run is writing to this folder"):
+        OutputFolder(tmp_path / "run")
+    with first:
+        (first.staging / "manifest.json").write_text("{}")
+    assert (tmp_path / "run" / "manifest.json").exists()
+    with pytest.raises(UserError, match="already exists and is not empty"):
+        OutputFolder(tmp_path / "run")

@@ -101,6 +101,27 @@ class OutputFolder:
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
             raise UserError(f"{self.out}: already exists and is not empty; choose another --out or remove it")
         self.staging = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
+        # Under torchrun / accelerate launch only rank 0 writes, so only it claims the folder.
+        self._lock = self._claim() if os.environ.get("RANK", "0") == "0" else None
+
+    def _claim(self) -> Any:
+        """Hold an exclusive lock on ``out`` for this process: a second run aimed at the same
+        folder is refused at once instead of interleaving with this one. The kernel drops the
+        lock if this process dies, so a crash leaves no stale lock."""
+        import fcntl
+
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.out.parent / f".{self.out.name}.lock", "w")  # noqa: SIM115 - held until exit
+        except OSError as exc:
+            raise UserError(f"{self.out}: cannot create the output folder: {exc.strerror}") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UserError(f"{self.out}: another run is writing to this folder; wait for it or "
+                            "choose another --out") from None
+        return handle
 
     def __enter__(self) -> OutputFolder:
         try:
@@ -110,12 +131,17 @@ class OutputFolder:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if kind is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            return
-        if self.out.exists():  # an empty folder: replace it
-            self.out.rmdir()
-        os.replace(self.staging, self.out)
+        try:
+            if kind is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
+                return
+            if self.out.exists():  # an empty folder: replace it
+                self.out.rmdir()
+            os.replace(self.staging, self.out)
+        finally:
+            if self._lock is not None:
+                Path(self._lock.name).unlink(missing_ok=True)
+                self._lock.close()
 
     def save_model(self, model: Any, tokenizer: Any) -> None:
         """``save_pretrained`` (safetensors) for the model and its tokenizer."""
