@@ -115,8 +115,11 @@ def bench(methods: Sequence[str] | None = None, out: Path | str = "registry/resu
         run_out = Path(runs_dir) / method_id if runs_dir is not None else None
         with cpu_threads(TOY_THREADS):  # same reason as the evaluation's: tiny models, busy CPUs
             result = run_method(method_id, world=world, seed=seed, out=run_out, registry=registry)
-        lm = LanguageModel(model=result.model, tokenizer=result.tokenizer,
-                           max_length=int(result.run.get("max_length", original.max_length)))
+        if isinstance(result.model, LanguageModel):  # a frozen-weight method serves a wrapper
+            lm = result.model
+        else:
+            lm = LanguageModel(model=result.model, tokenizer=result.tokenizer,
+                               max_length=int(result.run.get("max_length", original.max_length)))
         report = evaluate(lm, data, original=original, reference=reference, config=config,
                           label=method_id, cache=cache, log=log)
         reports[method_id] = report

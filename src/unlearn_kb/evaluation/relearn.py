@@ -70,6 +70,7 @@ def relearn(model: nn.Module, tokenizer: PreTrainedTokenizerBase, train: Sequenc
     import torch
 
     attacked = copy.deepcopy(model)
+    attacked.requires_grad_(True)  # the attacker trains every weight, whatever the method froze
     attacked.train()
     encoded = encode_all(tokenizer, list(train), max_length)
     optimizer = torch.optim.AdamW(attacked.parameters(), lr=config.lr, weight_decay=0.0)
