@@ -30,7 +30,10 @@ demo: install
 	$(CLI) show npo
 	$(CLI) cite npo --format bibtex
 	@echo "== Unlearning on the embedded toy world (trains the tiny models once, then cached)"
+	rm -rf runs/demo-npo
 	$(CLI) run npo --out runs/demo-npo
+	@echo "== Is the knowledge gone, or only hidden? Measured against the reference model"
+	$(CLI) eval runs/demo-npo
 
 test: install
 	$(VENV)/bin/ruff check src methods tests benchmarks

@@ -55,6 +55,23 @@ def _print_summary(result: Any) -> None:
         console.print("No --out given: the unlearned model was not saved.")
 
 
+def _run_sequential(method_id: str, k: int, overrides: dict[str, str], seed: int, out: Path | None) -> None:
+    from rich.table import Table
+
+    from unlearn_kb.evaluation.sequential import run_sequential, sequence_table
+
+    console = stderr_console()
+    reports = run_sequential(method_id, k, overrides=overrides, seed=seed, out=out,
+                             log=lambda line: console.print(f"[dim]{line}[/dim]"))
+    rows = sequence_table(reports)
+    table = Table(title=f"{method_id}: after each of {k} successive forget requests", title_justify="left")
+    for column in rows[0]:
+        table.add_column(str(column))
+    for row in rows:
+        table.add_row(*(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()))
+    stdout_console().print(table)
+
+
 def run(
     method_id: Annotated[str | None, typer.Argument(
         metavar="ID", help="Method id or alias (see 'unlearn-kb run --list').",
@@ -79,6 +96,11 @@ def run(
     lora: Annotated[str | None, typer.Option(
         help="Train a LoRA adapter instead of the weights: r=16,alpha=32,targets=q_proj,v_proj[,merge=false]. "
              "The adapter is merged into the saved model unless merge=false.")] = None,
+    sequential: Annotated[int | None, typer.Option(
+        help="Toy world: unlearn the forget set as K successive requests, each from the previous "
+             "checkpoint, and report after every request.", min=1)] = None,
+    evaluate: Annotated[bool, typer.Option(
+        "--eval", help="Then evaluate the run (as 'unlearn-kb eval'); without --out it is kept under runs/.")] = False,
 ) -> None:
     """Unlearn the forget set from a model with a registered method, and compare recall before and after."""
     if list_methods:
@@ -92,6 +114,13 @@ def run(
     from unlearn_kb.engine.run import parse_set_options, run_method
 
     overrides = parse_set_options(set_ or [])
+    if sequential is not None:
+        _run_sequential(method_id, sequential, overrides, seed, out)
+        return
+    if evaluate and out is None:
+        import time
+
+        out = Path("runs") / f"{method_id}-{time.strftime('%Y%m%d-%H%M%S')}"
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("{task.fields[terms]}"), TimeElapsedColumn(), TimeRemainingColumn())
     bar = Progress(*columns, console=stderr_console())
@@ -114,6 +143,11 @@ def run(
     finally:
         bar.stop()
     _print_summary(result)
+    if evaluate:
+        from unlearn_kb.evaluation import evaluate_run
+        from unlearn_kb.evaluation.report import print_report
+
+        print_report(evaluate_run(result.out), stdout_console())
 
 
 def register(app: typer.Typer) -> None:

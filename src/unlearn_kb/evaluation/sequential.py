@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from unlearn_kb.engine.data import Example
 from unlearn_kb.evaluation.measure import EvalConfig, EvalData
@@ -72,3 +73,46 @@ def sequence_table(reports: Sequence[Report]) -> list[dict[str, object]]:
             "utility": figures.get("utility", {}).get("model"),
         })
     return rows
+
+
+def run_sequential(method_id: str, k: int, *, overrides: dict[str, Any] | None = None, seed: int = 0,
+                   world: Any = None, out: Path | None = None, registry: Any = None,
+                   log: Callable[[str], None] | None = None) -> list[Report]:
+    """Unlearn the toy world's forget set as ``k`` successive requests, each from the previous
+    checkpoint, and report after every request (the deployment problem the SoK names).
+
+    Request 1 starts from the original; request ``i`` unlearns its entities from the model left
+    by request ``i - 1``, with the method's toy-world settings. With ``out``, each request's
+    checkpoint is kept in ``out/request-<i>``.
+    """
+    import tempfile
+
+    from unlearn_kb.cli.common import registry as shipped_registry
+    from unlearn_kb.engine.lm import LanguageModel
+    from unlearn_kb.engine.run import run_method
+
+    if world is None:
+        from unlearn_kb.toyworld import WorldConfig, load_toyworld
+
+        world = load_toyworld(WorldConfig())
+    registry = registry or shipped_registry()
+    record = registry.method(method_id)
+    settings = {**record.implementation.toy_overrides, **(overrides or {})}
+    requests = split_requests(world.forget, k, seed)
+    say = log or (lambda _m: None)
+    keep = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="unlearn-kb-sequential-"))
+    models: list[LanguageModel] = []
+    previous: Path | None = None
+    for step, request in enumerate(requests, start=1):
+        say(f"request {step}/{k}: {len(request)} forget examples")
+        target = keep / f"request-{step}"
+        result = run_method(method_id, model=previous if previous is not None else world.original_path,
+                            forget=request, retain=list(world.retain), overrides=settings, seed=seed,
+                            out=target, eval_limit=40, registry=registry)
+        if isinstance(result.model, LanguageModel):
+            raise ValueError(f"'{method_id}' keeps the weights frozen; successive requests apply to "
+                             "methods that change the weights")
+        models.append(LanguageModel(result.model, result.tokenizer))
+        previous = target
+    return evaluate_sequence(models, EvalData.from_world(world), requests, original=world.load("original"),
+                             reference=world.load("reference"), log=log)
