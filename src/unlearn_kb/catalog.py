@@ -77,20 +77,11 @@ class Catalog:
 
     @cached_property
     def _aliases(self) -> dict[str, str]:
-        table: dict[str, str] = {}
-        for method in self.methods.values():
-            for name in (*method["aliases"], method["name"]):
-                table.setdefault(name.lower(), method["id"])
-        return table
+        return alias_table((m["id"], m["name"], m["aliases"]) for m in self.methods.values())
 
     def method(self, wanted: str) -> Record:
         """A method by id, alias (an old id or another name) or full name; case-insensitive."""
-        key = wanted.strip().lower()
-        if key in self.methods:
-            return self.methods[key]
-        if key in self._aliases:
-            return self.methods[self._aliases[key]]
-        raise UnknownIdError("method", wanted, self.methods)
+        return self.methods[resolve_method_id(wanted, self.methods, self._aliases)]
 
     def find(self, wanted: str) -> Record:
         """Any record by id: a method (or alias) first, then a benchmark, metric or finding."""
@@ -111,6 +102,26 @@ class Catalog:
 
     def findings_about(self, method_id: str) -> list[Record]:
         return [f for f in self.findings.values() if method_id in f["methods"]]
+
+
+def alias_table(methods: Iterable[tuple[str, str, Iterable[str]]]) -> dict[str, str]:
+    """Lower-cased aliases and full names of ``(id, name, aliases)`` triples, to their ids."""
+    table: dict[str, str] = {}
+    for method_id, name, aliases in methods:
+        for alias in (*aliases, name):
+            table.setdefault(alias.lower(), method_id)
+    return table
+
+
+def resolve_method_id(wanted: str, ids: Iterable[str], aliases: dict[str, str]) -> str:
+    """The id ``wanted`` names: an id, an alias or a full name, case-insensitive."""
+    key = wanted.strip().lower()
+    known = set(ids)
+    if key in known:
+        return key
+    if key in aliases:
+        return aliases[key]
+    raise UnknownIdError("method", wanted, known)
 
 
 # --------------------------------------------------------------------------- loading

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from unlearn_kb.catalog import registry_root
+from unlearn_kb.catalog import alias_table, registry_root, resolve_method_id
 from unlearn_kb.errors import Problem, RegistryError, UnknownIdError
 from unlearn_kb.schema import (
     Benchmark,
@@ -127,21 +127,11 @@ class Registry:
 
     @cached_property
     def _aliases(self) -> dict[str, str]:
-        table = {}
-        for method in self.methods.values():
-            for alias in method.aliases:
-                table.setdefault(alias.lower(), method.id)
-            table.setdefault(method.name.lower(), method.id)
-        return table
+        return alias_table((m.id, m.name, m.aliases) for m in self.methods.values())
 
     def method(self, wanted: str) -> Method:
         """A method by id, alias (an old id or another name) or full name; case-insensitive."""
-        key = wanted.strip().lower()
-        if key in self.methods:
-            return self.methods[key]
-        if key in self._aliases:
-            return self.methods[self._aliases[key]]
-        raise UnknownIdError("method", wanted, self.methods)
+        return self.methods[resolve_method_id(wanted, self.methods, self._aliases)]
 
     def get(self, collection: str, wanted: str) -> Strict:
         if collection == "methods":
