@@ -84,21 +84,13 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
         raise wrong()
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    if annotation in (int, float):
+        numeric = int if annotation is int else int | float  # an int is a valid float, not vice versa
+        if isinstance(value, numeric) and not isinstance(value, bool):
+            return annotation(value)
         if isinstance(value, str):
             try:
-                return int(value.strip())
-            except ValueError:
-                raise wrong() from None
-        raise wrong()
-    if annotation is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
+                return annotation(value.strip())
             except ValueError:
                 raise wrong() from None
         raise wrong()
