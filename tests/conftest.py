@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE_REGISTRY = Path(__file__).parent / "fixtures" / "registry"
+
+
+@pytest.fixture
+def fixture_root(tmp_path: Path) -> Path:
+    """A copy of the small fixture registry with the real taxonomy, safe to break."""
+    root = tmp_path / "registry"
+    shutil.copytree(FIXTURE_REGISTRY, root)
+    shutil.copy(REPO / "registry" / "taxonomy.yaml", root / "taxonomy.yaml")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +22,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def fixture_registry(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "registry"
-    shutil.copytree(FIXTURE, root)
-    shutil.copy(REPO / "registry" / "taxonomy.yaml", root / "taxonomy.yaml")
+def fixture_registry(fixture_root, tmp_path, monkeypatch) -> Path:
+    root = fixture_root
     monkeypatch.setenv("UNLEARN_KB_REGISTRY", str(root))
     monkeypatch.setenv("UNLEARN_KB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(common, "_registry", None)

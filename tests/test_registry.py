@@ -18,15 +18,6 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "registry"
 
 
-@pytest.fixture
-def fixture_root(tmp_path: Path) -> Path:
-    """A copy of the small fixture registry with the real taxonomy, safe to break."""
-    root = tmp_path / "registry"
-    shutil.copytree(FIXTURE, root)
-    shutil.copy(REPO / "registry" / "taxonomy.yaml", root / "taxonomy.yaml")
-    return root
-
-
 def problems_of(root: Path) -> list[str]:
     with pytest.raises(RegistryError) as caught:
         load_registry(root)

@@ -46,15 +46,6 @@ PAYLOAD = ('<script>alert("xss")</script><img src=x onerror="window.__xss=1"> *b
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def fixture_root(tmp_path: Path) -> Path:
-    """A copy of the small fixture registry with the real taxonomy, safe to change."""
-    root = tmp_path / "registry"
-    shutil.copytree(FIXTURE, root)
-    shutil.copy(REPO / "registry" / "taxonomy.yaml", root / "taxonomy.yaml")
-    return root
-
-
 def edit_record(path: Path, **changes) -> None:
     data = yaml.safe_load(path.read_text())
     data.update(changes)

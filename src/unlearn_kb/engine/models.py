@@ -10,11 +10,13 @@ folder into place: an output folder either holds a complete run or does not exis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -143,6 +145,15 @@ class OutputFolder:
                 Path(self._lock.name).unlink(missing_ok=True)
                 self._lock.close()
 
+    @contextlib.contextmanager
+    def step_log(self) -> Iterator[Callable[[dict[str, Any]], None]]:
+        """A writer of per-step records to ``log.jsonl``, flushed per line (a crash keeps them)."""
+        with (self.staging / "log.jsonl").open("w", encoding="utf-8") as handle:
+            def write(record: dict[str, Any]) -> None:
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+            yield write
+
     def save_model(self, model: Any, tokenizer: Any) -> None:
         """``save_pretrained`` (safetensors) for the model and its tokenizer."""
         model.save_pretrained(self.staging)
@@ -152,3 +163,14 @@ class OutputFolder:
         """Write ``manifest.json``; call it last, once everything else is in place."""
         text = json.dumps(manifest, indent=2, ensure_ascii=False, default=str)
         (self.staging / "manifest.json").write_text(text + "\n", encoding="utf-8")
+
+
+def writes_output(output: OutputFolder | None) -> bool:
+    """Whether this process writes ``output``: under torchrun / accelerate launch only rank 0 does."""
+    if output is None:
+        return False
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
+

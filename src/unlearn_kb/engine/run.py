@@ -365,7 +365,7 @@ def run_method(
     ``manifest.json`` and ``log.jsonl``. ``eval_limit`` caps the examples recall is measured on.
     """
     from unlearn_kb.engine.lm import LanguageModel
-    from unlearn_kb.engine.models import OutputFolder, load_model
+    from unlearn_kb.engine.models import OutputFolder, load_model, writes_output
     from unlearn_kb.engine.trainer import train
 
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -444,22 +444,16 @@ def run_method(
             "seconds": round(time.perf_counter() - clock, 3),
         }
 
-    import torch
-    from accelerate import PartialState
-
     clock = time.perf_counter()
     if isinstance(method, BuildMethod):
         return _run_build(method, record, settings, lm, sets, before, forget_set=forget_set,
                           retain_set=retain_set, seed=seed, world=world if toy else None, output=output,
                           progress=progress, clock=clock, describe=manifest, tokenizer=tokenizer)
-    if output is None or not PartialState(cpu=not torch.cuda.is_available()).is_main_process:  # rank 0 writes
+    if not writes_output(output):
         result, after = finish(None)
     else:
         with output:
-            with (output.staging / "log.jsonl").open("w", encoding="utf-8") as log_file:
-                def write(rec: dict[str, Any]) -> None:
-                    log_file.write(json.dumps(rec) + "\n")
-                    log_file.flush()
+            with output.step_log() as write:
                 result, after = finish(write)
             if lora_spec is not None:
                 from unlearn_kb.engine.lora import for_saving
@@ -491,9 +485,7 @@ def _run_build(method: Any, record: Method, settings: Settings, lm: Any, sets: d
     *are* the original's, and the manifest says so (``weights``) next to the method's state
     (``state``, plus any files its ``save`` writes, e.g. a blocklist or the offset model).
     """
-    import torch
-    from accelerate import PartialState
-
+    from unlearn_kb.engine.models import writes_output
     from unlearn_kb.engine.trainer import TrainResult
 
     def finish(log: Callable[[dict[str, Any]], None] | None) -> tuple[Any, TrainResult, dict[str, float | None]]:
@@ -504,14 +496,11 @@ def _run_build(method: Any, record: Method, settings: Settings, lm: Any, sets: d
         after = {name: exact_match_recall(built.lm, examples) for name, examples in sets.items()}
         return built, trained, after
 
-    if output is None or not PartialState(cpu=not torch.cuda.is_available()).is_main_process:
+    if not writes_output(output):
         built, trained, after = finish(None)
     else:
         with output:
-            with (output.staging / "log.jsonl").open("w", encoding="utf-8") as log_file:
-                def write(rec: dict[str, Any]) -> None:
-                    log_file.write(json.dumps(rec) + "\n")
-                    log_file.flush()
+            with output.step_log() as write:
                 built, trained, after = finish(write)
             changed = built.lm.intervention == "weights"
             if changed:
