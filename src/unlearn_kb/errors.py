@@ -58,3 +58,18 @@ class UnknownIdError(LookupError):
 
 class TrainingError(UserError):
     """A run that diverged (a non-finite loss); the message names the step, the term and a remedy."""
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C or SIGTERM after finishing its current step.
+
+    ``checkpoint`` is where the run's state was saved (``None`` when the run could not save one);
+    the CLI prints the message and exits with ``128 + signal`` (130 for Ctrl-C, 143 for SIGTERM).
+    """
+
+    def __init__(self, signal_name: str, signal_number: int, step: int, total: int, checkpoint: object | None):
+        self.signal_name, self.signal_number = signal_name, signal_number
+        self.step, self.total, self.checkpoint = step, total, checkpoint
+        where = (f"its state is saved in {checkpoint}; continue with the same command plus "
+                 f"--resume {checkpoint}" if checkpoint is not None else "no checkpoint was saved")
+        super().__init__(f"interrupted by {signal_name} after step {step} of {total}; {where}")

@@ -13,6 +13,7 @@ import typer
 
 from unlearn_kb.cli import docs, evaluate, knowledge, run, toyworld
 from unlearn_kb.cli.common import fail, settings
+from unlearn_kb.errors import Interrupted
 
 app = typer.Typer(
     name="unlearn-kb",
@@ -39,6 +40,9 @@ def main() -> None:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
     try:
         app(prog_name="unlearn-kb")
+    except Interrupted as stopped:  # Ctrl-C / SIGTERM during training: a clean stop, not an error
+        print(f"stopped: {stopped}", file=sys.stderr)
+        sys.exit(128 + stopped.signal_number)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - every error reaches the user through fail()

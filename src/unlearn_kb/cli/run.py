@@ -101,6 +101,9 @@ def run(
              "checkpoint, and report after every request.", min=1)] = None,
     evaluate: Annotated[bool, typer.Option(
         "--eval", help="Then evaluate the run (as 'unlearn-kb eval'); without --out it is kept under runs/.")] = False,
+    resume: Annotated[Path | None, typer.Option(
+        help="Continue an interrupted run from its checkpoint (Ctrl-C or SIGTERM saves one, to "
+             "<out>.checkpoint); give the same method, data and settings as the first time.")] = None,
 ) -> None:
     """Unlearn the forget set from a model with a registered method, and compare recall before and after."""
     if list_methods:
@@ -115,6 +118,9 @@ def run(
 
     overrides = parse_set_options(set_ or [])
     if sequential is not None:
+        if resume is not None:
+            raise typer.BadParameter("--resume continues a single run; it does not apply to --sequential",
+                                     param_hint="--resume")
         _run_sequential(method_id, sequential, overrides, seed, out)
         return
     if evaluate and out is None:
@@ -138,7 +144,7 @@ def run(
         result = run_method(
             method_id, model=model, forget=forget, retain=retain, out=out, overrides=overrides,
             steps=steps, seed=seed, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-            lora=lora, progress=show,
+            lora=lora, resume=resume, progress=show,
         )
     finally:
         bar.stop()

@@ -28,9 +28,16 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
+_STAGING_NAME = re.compile(r"^\..+\.partial-[0-9a-f]{8}$")
+
+
 def _check_local_folder(folder: Path, allow_pickle: bool) -> None:
     if not folder.is_dir():
         raise ModelLoadError(f"{folder}: is a file, not a model folder (expected a folder written by save_pretrained)")
+    if not (folder / "manifest.json").is_file() and (_STAGING_NAME.match(folder.name)
+                                                     or (folder / "log.jsonl").is_file()):
+        raise ModelLoadError(f"{folder}: incomplete unlearn-kb output (no manifest.json): the run that wrote "
+                             "it stopped before finishing; run it again")
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{folder}: holds no model (no config.json; expected a folder written by "
                              "save_pretrained)")
@@ -123,6 +130,10 @@ class OutputFolder:
             handle.close()
             raise UserError(f"{self.out}: another run is writing to this folder; wait for it or "
                             "choose another --out") from None
+        # Holding the lock, any other staging folder of ``out`` belongs to a run that died.
+        for leftover in self.out.parent.glob(f".{self.out.name}.partial-*"):
+            if _STAGING_NAME.match(leftover.name):
+                shutil.rmtree(leftover, ignore_errors=True)
         return handle
 
     def __enter__(self) -> OutputFolder:

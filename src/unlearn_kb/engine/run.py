@@ -352,6 +352,7 @@ def run_method(
     allow_pickle: bool = False,
     lora: str | None = None,
     dtype: str = "float32",
+    resume: str | Path | None = None,
     eval_limit: int | None = 200,
     progress: Callable[[dict[str, Any]], None] | None = None,
     registry: Registry | None = None,
@@ -363,6 +364,12 @@ def run_method(
     an already loaded one). ``forget``/``retain``/``holdout`` are JSON-lines files (or lists of
     examples). With ``out`` the unlearned model is saved there as a transformers checkpoint with
     ``manifest.json`` and ``log.jsonl``. ``eval_limit`` caps the examples recall is measured on.
+
+    Ctrl-C or SIGTERM stops a gradient method's training after the current step and saves a
+    checkpoint (``<out>.checkpoint``, or ``runs/<method>-<time>.checkpoint`` without ``out``);
+    ``resume`` names such a checkpoint to continue from. The same method, model, data, seed and
+    settings are required (only lr, clip, steps and epochs may change); the result equals that
+    of an uninterrupted run. A checkpoint is removed once its run has finished.
     """
     from unlearn_kb.engine.lm import LanguageModel
     from unlearn_kb.engine.models import OutputFolder, load_model, writes_output
@@ -407,7 +414,26 @@ def run_method(
         raise ConfigError(f"method '{record.id}' has a retain term and needs --retain "
                           "(or --set alpha=0 to run without one)")
 
+    from unlearn_kb.engine.checkpoint import CheckpointPlan, check_identity, load_checkpoint
     from unlearn_kb.engine.method import BuildMethod
+
+    if resume is not None and isinstance(method, BuildMethod):
+        raise ConfigError(f"'{record.id}' builds its result in several stages and cannot resume from a "
+                          "checkpoint; run it again without --resume")
+    identity = {"method": record.id, "config": dataclasses.asdict(settings.config),
+                "run": dataclasses.asdict(settings.run), "seed": seed, "data": data, "model": str(model_path),
+                "lora": lora}
+    resumed = changed = None
+    if resume is not None:
+        resumed = load_checkpoint(Path(resume))
+        changed = check_identity(resumed.identity, identity, Path(resume))
+    if resume is not None:
+        checkpoint_folder = Path(resume)
+    elif out is not None:
+        checkpoint_folder = Path(out).parent / f"{Path(out).name}.checkpoint"
+    else:
+        checkpoint_folder = Path("runs") / f"{record.id}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.checkpoint"
+    plan = CheckpointPlan(checkpoint_folder, identity, every=settings.run.checkpoint_every)
 
     lm_model, tokenizer = load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code,
                                      allow_pickle=allow_pickle)
@@ -426,7 +452,7 @@ def run_method(
     def finish(log: Callable[[dict[str, Any]], None] | None) -> tuple[Any, dict[str, float | None]]:
         result = train(method, settings.config, settings.run, model=lm_model, tokenizer=tokenizer,
                        forget=forget_set, retain=retain_set, seed=seed, progress=progress, log=log,
-                       trainable=trainable)
+                       trainable=trainable, checkpoint=plan, resume=resumed)
         after = {name: exact_match_recall(lm, examples) for name, examples in sets.items()}
         return result, after
 
@@ -440,6 +466,8 @@ def run_method(
             "trained_parameters": result.trained_parameters, "steps": result.steps,
             "recall": {"before": before, "after": after, "examples": {k: len(v) for k, v in sets.items()}},
             "lora": dataclasses.asdict(lora_spec) if lora_spec is not None else None,
+            "resumed_from": None if resumed is None else {"checkpoint": str(resume), "step": resumed.step,
+                                                          "changed_settings": changed},
             "started_at": started_at, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - clock, 3),
         }
@@ -461,6 +489,10 @@ def run_method(
                 lm_model = for_saving(lm_model, lora_spec)
             output.save_model(lm_model, tokenizer)
             output.write_manifest(manifest(result, after))
+    if result.main_process:
+        import shutil
+
+        shutil.rmtree(plan.folder, ignore_errors=True)  # the finished run supersedes its checkpoint
 
     return RunResult(
         method=record.id, entry=record.implementation.entry or "",

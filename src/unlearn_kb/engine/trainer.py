@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -26,6 +27,16 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader
 
+from unlearn_kb.engine.checkpoint import (
+    CheckpointPlan,
+    StopRequests,
+    TrainingState,
+    capture,
+    random_states,
+    restore,
+    restore_random_states,
+    save_checkpoint,
+)
 from unlearn_kb.engine.data import (
     IGNORE_INDEX,
     DataError,
@@ -36,7 +47,7 @@ from unlearn_kb.engine.data import (
     encode_example,
 )
 from unlearn_kb.engine.method import GradientMethod, LMForward, Reference, Step
-from unlearn_kb.errors import ConfigError, TrainingError
+from unlearn_kb.errors import ConfigError, Interrupted, TrainingError
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 """Called after every optimizer step with that step's log record (``step``, ``total_steps``,
@@ -63,6 +74,7 @@ class RunConfig:
     weight_decay: float = 0.01  # AdamW decoupled weight decay (TOFU: 0.01)
     reference_cache_mb: int = 2048  # memory for cached reference hidden states (RMU)
     forget_eos: bool = True  # the forget loss covers the end-of-sequence token after each answer, as in peer code
+    checkpoint_every: int = 0  # also save a resumable checkpoint every N optimizer steps (0: only when stopped)
 
 
 @dataclass
@@ -190,12 +202,19 @@ def train(
     progress: ProgressCallback | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
     trainable: list[str] | None = None,
+    checkpoint: CheckpointPlan | None = None,
+    resume: TrainingState | None = None,
 ) -> TrainResult:
     """Unlearn ``forget`` from ``model`` (in place) with ``method``; return what happened.
 
     ``log`` receives every step's record (the run writes them as JSON lines); ``progress`` gets
-    the same record, for a progress bar. A non-finite loss term stops the run with a
-    :class:`~unlearn_kb.errors.TrainingError` naming the step and the term.
+    the same record, for a progress bar. A non-finite loss term or gradient norm stops the run with
+    a :class:`~unlearn_kb.errors.TrainingError` naming the step and the term.
+
+    Ctrl-C or SIGTERM stops the run after the current optimizer step with
+    :class:`~unlearn_kb.errors.Interrupted`. With a ``checkpoint`` plan the state is saved first
+    (also on divergence: the state after the last good step; and every ``checkpoint_every``
+    steps); ``resume`` continues from such a state (:mod:`unlearn_kb.engine.checkpoint`).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -281,14 +300,47 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(run, total))
     forget_batches = _cycle(forget_loader)
     retain_batches = _cycle(retain_loader) if retain_loader is not None else None
+    named_trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
 
-    # -------------------------------------------------------------- the loop
-    model.train()
     records: list[dict[str, Any]] = []
-    all_tokens = 0
-    started = time.perf_counter()
-    for step_number in range(1, total + 1):
-        step_started = time.perf_counter()
+    first_step = 1
+    if resume is not None:
+        if resume.step >= total:
+            raise ConfigError(f"the checkpoint is at step {resume.step}, and this run has {total} steps: nothing "
+                              "is left to do (raise --steps to train further)")
+        restore(resume, named_trained, optimizer, scheduler, run.lr)
+        for _ in range(resume.step * run.grad_accum):  # replay the data order; no model work
+            next(forget_batches)
+            if retain_batches is not None:
+                next(retain_batches)
+        restore_random_states(resume.rng)
+        records, first_step = list(resume.records), resume.step + 1
+        if accelerator.is_main_process and log is not None:
+            for record in records:
+                log(record)
+
+    def save_state(step: int, rng: dict[str, Any] | None = None) -> Any:
+        """Save the state after ``step`` steps (main process); return the folder, or None."""
+        if checkpoint is None:
+            return None
+        if accelerator.is_main_process:
+            state = capture(step, named_trained, optimizer, scheduler, records, checkpoint.identity)
+            if rng is not None:
+                state.rng = rng
+            save_checkpoint(state, checkpoint.folder)
+        accelerator.wait_for_everyone()
+        return checkpoint.folder
+
+    def diverged(step: int, what: str, value: float, rng: dict[str, Any] | None) -> TrainingError:
+        # Parameters were last updated by a step with a finite loss and gradient: they are good.
+        saved = save_state(step - 1, rng)
+        kept = (f" The state after step {step - 1} is saved in {saved}: continue from it with --resume "
+                f"{saved} and a lower --set lr=..." if saved is not None else "")
+        return TrainingError(f"step {step}: {what} is {value}; the run diverged. Lower the learning rate "
+                             f"(now {run.lr:g}, --set lr=...) or check the data.{kept}")
+
+    def accumulate(step_number: int, step_rng: dict[str, Any] | None) -> tuple[dict[str, float], int]:
+        """Forward and backward over ``grad_accum`` micro-batches; the loss terms and tokens."""
         sums: dict[str, float] = {}
         tokens = 0
         for micro in range(run.grad_accum):
@@ -300,13 +352,12 @@ def train(
                 with accelerator.autocast():
                     step = Step(forward, batches, reference, number=step_number)
                     terms = method.loss(step, config)
-                for name, value in terms.items():
-                    number = float(value.detach())
-                    if not math.isfinite(number):
-                        raise TrainingError(
-                            f"step {step_number}: loss term '{name}' is {number}; the run diverged. "
-                            f"Lower the learning rate (now {run.lr:g}, --set lr=...) or check the data"
-                        )
+                values = {name: float(value.detach()) for name, value in terms.items()}
+                broken = [name for name, number in values.items() if not math.isfinite(number)]
+                if broken:  # name the term that broke, not only the total
+                    name = next((n for n in broken if n != "loss"), broken[0])
+                    raise diverged(step_number, f"loss term '{name}'", values[name], step_rng)
+                for name, number in values.items():
                     sums[name] = sums.get(name, 0.0) + number / run.grad_accum
                 accelerator.backward(terms["loss"] / run.grad_accum)
             tokens += step.tokens
@@ -317,24 +368,51 @@ def train(
             summed = accelerator.reduce(local, reduction="sum")
             sums = {n: float(v) / accelerator.num_processes for n, v in zip(names, summed[:-1], strict=True)}
             tokens = int(summed[-1])
-        grad_norm = accelerator.clip_grad_norm_(trained, run.clip if run.clip > 0 else float("inf"))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        return sums, tokens
 
-        seconds = time.perf_counter() - step_started
-        all_tokens += tokens
-        record = {"step": step_number, "total_steps": total, **sums, "lr": lr,
-                  "grad_norm": float(grad_norm), "tokens": tokens,
-                  "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
-                  "seconds": time.perf_counter() - started}
-        if accelerator.is_main_process:
-            records.append(record)
-            if log is not None:
-                log(record)
-            if progress is not None:
-                progress(record)
+    def stop_signal(stops: StopRequests) -> int | None:
+        """The signal that asked this run to stop, agreed across processes."""
+        if accelerator.num_processes == 1:
+            return stops.signal
+        flag = accelerator.gather(torch.tensor([stops.signal or 0], device=device))
+        return int(flag.max()) or None
+
+    # -------------------------------------------------------------- the loop
+    model.train()
+    all_tokens = 0
+    started = time.perf_counter()
+    with StopRequests() as stops:
+        for step_number in range(first_step, total + 1):
+            step_rng = random_states() if checkpoint is not None else None
+            step_started = time.perf_counter()
+            sums, tokens = accumulate(step_number, step_rng)
+            grad_norm = float(accelerator.clip_grad_norm_(trained, run.clip if run.clip > 0 else float("inf")))
+            if not math.isfinite(grad_norm):
+                raise diverged(step_number, "the gradient norm", grad_norm, step_rng)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            seconds = time.perf_counter() - step_started
+            all_tokens += tokens
+            record = {"step": step_number, "total_steps": total, **sums, "lr": lr,
+                      "grad_norm": grad_norm, "tokens": tokens,
+                      "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+                      "seconds": time.perf_counter() - started}
+            if accelerator.is_main_process:
+                records.append(record)
+                if log is not None:
+                    log(record)
+                if progress is not None:
+                    progress(record)
+
+            stop = stop_signal(stops)
+            if stop is not None and step_number < total:  # on the last step, finishing is quicker
+                raise Interrupted(signal.Signals(stop).name, stop, step_number, total, save_state(step_number))
+            if checkpoint is not None and checkpoint.every and step_number % checkpoint.every == 0 \
+                    and step_number < total:
+                save_state(step_number)
 
     accelerator.wait_for_everyone()
     for p in model.parameters():
