@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
 import shutil
 import uuid
@@ -80,8 +81,12 @@ def load_model(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=getattr(torch, dtype), use_safetensors=None if allow_pickle else True, **kwargs)
+            source, dtype=getattr(torch, dtype), use_safetensors=None if allow_pickle else True,
+            weights_only=True, **kwargs)  # pickles, when allowed, load tensors only (no code)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except pickle.UnpicklingError:
+        raise ModelLoadError(f"{text}: cannot load the model: its pickle weights hold more than tensors "
+                             "(objects that could run code), so they were refused even with --allow-pickle") from None
     except (OSError, ValueError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "trust_remote_code" in str(exc) and not trust_remote_code:
