@@ -249,3 +249,32 @@ def test_forget_eos_false_leaves_the_end_of_sequence_token_out_of_the_forget_los
     for before, after in zip(encoded, stripped, strict=True):
         assert before.labels[-1] == tokenizer.eos_token_id and after.labels[-1] == -100
         assert after.labels[:-1] == before.labels[:-1] and after.input_ids == before.input_ids
+
+
+@pytest.mark.parametrize("method, config", [
+    (npo.NPO(), npo.Config(beta=0.1, alpha=1.0, retain_loss="nll")),
+    (rmu.RMU(), rmu.Config(layer=1, update_layers=[0, 1], steering_coeff=20.0, alpha=10.0,
+                           update_param="mlp.down_proj.weight", reduction="paper")),
+], ids=["npo", "rmu"])
+def test_gradient_checkpointing_takes_the_same_steps(tiny_model_dir, tiny_data, method, config, monkeypatch):
+    from dataclasses import replace
+
+    from unlearn_kb.engine.models import load_model
+
+    forget, retain = tiny_data
+    enabled = []
+    runs = []
+    for checkpointing in (False, True):
+        model, tokenizer = load_model(tiny_model_dir)
+        name = next(n for n in ("activation_checkpointing_enable", "gradient_checkpointing_enable")
+                    if hasattr(model, n))
+        real = getattr(model, name)
+        monkeypatch.setattr(model, name, lambda real=real, **kw: (enabled.append(kw), real(**kw))[1])
+        result = train(method, config, replace(FAST, gradient_checkpointing=checkpointing), model=model,
+                       tokenizer=tokenizer, forget=forget, retain=retain, seed=1)
+        runs.append(([r["loss"] for r in result.records], dict(model.named_parameters())))
+        assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules()), "switched off after"
+    assert len(enabled) == 1 and {"use_reentrant": False} in enabled[0].values()
+    (plain_losses, plain), (ckpt_losses, ckpt) = runs
+    assert plain_losses == pytest.approx(ckpt_losses, rel=1e-5)
+    assert all(torch.allclose(plain[n], ckpt[n], atol=1e-6) for n in plain)
