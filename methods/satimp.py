@@ -44,11 +44,13 @@ def satimp_weight(logits: torch.Tensor, targets: torch.Tensor, beta1: float, bet
     tokens' logits, so it stays exact for a memorised token: ``1 - exp(log p)`` rounds to 0 in
     float32 once p > 1 - 6e-8, and such a token would get no gradient at all.
     """
-    z = logits.detach().float()  # (B, T, V)
+    shifted = logits.detach().float()  # (B, T, V)
+    shifted = shifted - shifted.amax(-1, keepdim=True)
     index = targets.clamp(min=0).unsqueeze(-1)  # (B, T, 1)
-    log_total = torch.logsumexp(z, dim=-1)  # (B, T)
-    log_p = z.gather(-1, index).squeeze(-1) - log_total  # (B, T)
-    log_rest = torch.logsumexp(z.scatter(-1, index, float("-inf")), dim=-1) - log_total  # log(1 - p)
+    scores = shifted.exp()  # one exp pass serves both sums
+    log_total = scores.sum(-1).log()  # (B, T)
+    log_p = shifted.gather(-1, index).squeeze(-1) - log_total  # (B, T)
+    log_rest = scores.scatter_(-1, index, 0.0).sum(-1).log() - log_total  # log(1 - p), without 1 - p
     return torch.exp(beta1 * log_p + beta2 * log_rest)
 
 

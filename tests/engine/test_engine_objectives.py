@@ -138,7 +138,7 @@ def test_grad_diff_with_alpha_zero_never_reads_the_retain_batch():
 
 def test_ga_kl_uses_the_kl_to_the_reference_on_real_retain_positions():
     class Ref:
-        def logits(self, b):
+        def logits(self, name, b):
             return torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]]).log()
 
     step, _ = step_with(FORGET_PROBS, FORGET_LABELS, RETAIN_PROBS, RETAIN_LABELS, reference=Ref())

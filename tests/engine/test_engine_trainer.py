@@ -83,6 +83,29 @@ def test_reference_log_probs_are_computed_once_per_example(tiny, tiny_data):
     assert torch.allclose(direct.detach(), b, atol=1e-4)
 
 
+@pytest.mark.parametrize("budget, calls", [(1 << 30, 1), (0, 3)], ids=["cached", "no-budget"])
+def test_reference_logits_are_cached_per_example_within_the_budget(tiny, tiny_data, budget, calls):
+    model, tokenizer = tiny
+    forget, _ = tiny_data
+    encoded = encode_all(tokenizer, forget, 64)
+    counting = CountingForward(model)
+    reference = Reference(counting, cache_bytes=budget)
+    batch = collate(encoded, tokenizer.pad_token_id)
+    reshuffled = collate([encoded[2], encoded[0], encoded[3], encoded[1]], tokenizer.pad_token_id)
+    first = reference.logits("forget", batch)
+    again = reference.logits("forget", batch)
+    other = reference.logits("forget", reshuffled)  # the same examples in another order and padding
+    assert counting.calls == calls
+    assert torch.equal(first, again)
+    real = batch["attention_mask"][:, 1:].bool()
+    with torch.no_grad():
+        live = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    assert torch.allclose(first[real], live[real], atol=1e-5)
+    for row, source in enumerate([2, 0, 3, 1]):
+        n = int(real[source].sum())
+        assert torch.allclose(other[row, :n], first[source, :n], atol=1e-5)
+
+
 def test_npo_training_computes_reference_log_probs_once_and_keeps_no_model_copy(tiny, tiny_data, monkeypatch):
     model, tokenizer = tiny
     forget, retain = tiny_data

@@ -206,9 +206,10 @@ class Reference:
     - sequence log-probs: cached per ``(batch name, example index)`` forever; a run whose
       objective needs nothing else precomputes them in one pass and drops the model
       (:meth:`release`), so NPO and DPO never hold a second copy of the weights;
-    - hidden states at a layer: cached per example while the cache stays under
-      ``cache_bytes`` (RMU's retain activations), else recomputed;
-    - logits: always live, without gradients (KL, UNDIAL): ``(B, T, V)`` per example would not fit.
+    - hidden states at a layer and logits: cached per example (real tokens only) while the cache
+      stays under ``cache_bytes`` (RMU's retain activations; UNDIAL's teacher and the KL anchor from
+      the second epoch on), else recomputed. Logits are ``T x V`` per example, so for a large
+      vocabulary the budget holds few of them and the rest are computed live, without gradients.
 
     ``forwards`` counts, per ``(name, index)``, how often an example went through the reference
     model for its sequence log-prob; tests use it to prove "once per example".
@@ -219,7 +220,7 @@ class Reference:
         self.cache_bytes = cache_bytes
         self.cached_bytes = 0
         self._sequences: dict[tuple[str, int], torch.Tensor] = {}
-        self._hidden: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._cache: dict[tuple[Any, ...], torch.Tensor] = {}
         self.forwards: Counter[tuple[str, int]] = Counter()
 
     def _require_model(self, what: str) -> Callable[..., torch.Tensor]:
@@ -250,34 +251,48 @@ class Reference:
                 self.forwards[(name, indices[row])] += 1
         return torch.stack([self._sequences[(name, i)] for i in indices])
 
+    def _cached_rows(self, key: tuple[Any, ...], batch: Batch,
+                     compute: Callable[[Callable[..., torch.Tensor]], torch.Tensor], width: int) -> torch.Tensor:
+        """Per-example rows of a reference quantity, cached while they fit; ``(B, width, ...)``.
+
+        ``compute(model)`` gives the quantity for the whole batch, ``(B, width, ...)``; row ``b``
+        keeps its first ``real_b`` positions, where ``real_b`` counts the row's real tokens
+        (minus one for shifted quantities, as ``width`` says), so padding is never stored.
+        """
+        indices = batch["index"].tolist()
+        shift = batch["input_ids"].shape[1] - width
+        lengths = [n - shift for n in batch["attention_mask"].sum(-1).tolist()]
+        keys = [(*key, i) for i in indices]
+        if all(k in self._cache for k in keys):
+            rows = [self._cache[k] for k in keys]
+        else:
+            full = compute(self._require_model(str(key[0])))
+            rows = [full[row, :n] for row, n in enumerate(lengths)]
+            for k, value in zip(keys, rows, strict=True):
+                size = value.numel() * value.element_size()
+                if k not in self._cache and self.cached_bytes + size <= self.cache_bytes:
+                    self._cache[k] = value.clone()
+                    self.cached_bytes += size
+        out = rows[0].new_zeros((len(rows), width, *rows[0].shape[1:]))
+        for row, value in enumerate(rows):
+            out[row, : value.shape[0]] = value
+        return out
+
     @torch.no_grad()
-    def logits(self, batch: Batch) -> torch.Tensor:
-        """Reference logits aligned with the shifted targets, ``(B, T - 1, V)``."""
-        model = self._require_model("logits")
-        return model(batch["input_ids"], batch["attention_mask"])[:, :-1]
+    def logits(self, name: str, batch: Batch) -> torch.Tensor:
+        """Reference logits aligned with the shifted targets, ``(B, T - 1, V)``; padding rows are 0."""
+        width = batch["input_ids"].shape[1] - 1
+        return self._cached_rows(
+            ("logits", name), batch,
+            lambda model: model(batch["input_ids"], batch["attention_mask"])[:, :-1], width)
 
     @torch.no_grad()
     def hidden(self, name: str, batch: Batch, layer: int) -> torch.Tensor:
-        """Reference hidden states after decoder layer ``layer``, ``(B, T, H)``."""
-        indices = batch["index"].tolist()
-        lengths = batch["attention_mask"].sum(-1).tolist()
-        keys = [(name, i, layer) for i in indices]
-        if all(k in self._hidden for k in keys):
-            states = [self._hidden[k] for k in keys]
-        else:
-            model = self._require_model("hidden states")
-            full = model(batch["input_ids"], batch["attention_mask"], stop_at_layer=layer)  # (B, T, H)
-            states = [full[row, :n] for row, n in enumerate(lengths)]
-            for key, state in zip(keys, states, strict=True):
-                size = state.numel() * state.element_size()
-                if key not in self._hidden and self.cached_bytes + size <= self.cache_bytes:
-                    self._hidden[key] = state.clone()
-                    self.cached_bytes += size
+        """Reference hidden states after decoder layer ``layer``, ``(B, T, H)``; padding rows are 0."""
         width = batch["input_ids"].shape[1]
-        out = states[0].new_zeros((len(states), width, states[0].shape[-1]))  # (B, T, H)
-        for row, state in enumerate(states):
-            out[row, : state.shape[0]] = state
-        return out
+        return self._cached_rows(
+            ("hidden states", name, layer), batch,
+            lambda model: model(batch["input_ids"], batch["attention_mask"], stop_at_layer=layer), width)
 
 
 # --------------------------------------------------------------------------- the step
@@ -371,7 +386,7 @@ class Step:
 
     def reference_logits(self, which: str) -> torch.Tensor:
         """Reference logits aligned with :meth:`targets`, ``(B, T - 1, V)``, no gradient."""
-        return self._memoised(("reference_logits", which), lambda: self.reference.logits(self.batch(which)))
+        return self._memoised(("reference_logits", which), lambda: self.reference.logits(which, self.batch(which)))
 
     def reference_hidden(self, which: str, layer: int) -> torch.Tensor:
         """Reference residual stream after decoder layer ``layer``, ``(B, T, H)``, no gradient."""

@@ -72,7 +72,7 @@ class RunConfig:
     schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warm-up
     clip: float = 1.0  # maximum gradient norm; 0 disables clipping
     weight_decay: float = 0.01  # AdamW decoupled weight decay (TOFU: 0.01)
-    reference_cache_mb: int = 2048  # memory for cached reference hidden states (RMU)
+    reference_cache_mb: int = 2048  # memory for cached reference quantities (RMU's activations, KL/UNDIAL logits)
     forget_eos: bool = True  # the forget loss covers the end-of-sequence token after each answer, as in peer code
     checkpoint_every: int = 0  # also save a resumable checkpoint every N optimizer steps (0: only when stopped)
     gradient_checkpointing: bool = False  # recompute layer activations in the backward pass: less memory, ~30% more time
