@@ -170,9 +170,10 @@ class OutputFolder:
                 handle.flush()
             yield write
 
-    def save_model(self, model: Any, tokenizer: Any) -> None:
-        """``save_pretrained`` (safetensors) for the model and its tokenizer."""
-        model.save_pretrained(self.staging)
+    def save_model(self, model: Any, tokenizer: Any, state_dict: dict[str, Any] | None = None) -> None:
+        """``save_pretrained`` (safetensors) for the model and its tokenizer; ``state_dict``
+        replaces the model's own weights (a sharded model's weights, gathered)."""
+        model.save_pretrained(self.staging, state_dict=state_dict)
         tokenizer.save_pretrained(self.staging)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:

@@ -487,7 +487,8 @@ def run_method(
                 from unlearn_kb.engine.lora import for_saving
 
                 lm_model = for_saving(lm_model, lora_spec)
-            output.save_model(lm_model, tokenizer)
+            # A LoRA adapter is merged first; a sharded (FSDP / ZeRO-3) model saves its gathered weights.
+            output.save_model(lm_model, tokenizer, state_dict=None if lora_spec is not None else result.state_dict)
             output.write_manifest(manifest(result, after))
     if result.main_process:
         import shutil

@@ -93,6 +93,9 @@ class TrainResult:
     main_process: bool = True
     reference_forwards: dict[tuple[str, int], int] = field(default_factory=dict)
     """Per ``(batch, example index)``: how often the reference computed its sequence log-prob."""
+    state_dict: dict[str, Any] | None = None
+    """Under FSDP or DeepSpeed ZeRO-3, the full weights gathered on the main process for saving
+    (the model's own parameters are shards there); ``None`` when the model itself is whole."""
 
 
 def _alternate_answer(example: Example, index: int) -> str:
@@ -199,6 +202,23 @@ def _activation_checkpointing(model: torch.nn.Module, enable: bool) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_disable()
+
+
+def _gathered_state(accelerator: Any, forward: torch.nn.Module) -> dict[str, Any] | None:
+    """The full state dict of a sharded model, gathered once on the main process.
+
+    Every process must call this (the gather is a collective). Only sharding engines need it; with
+    one process or DDP each process already holds the whole model. Not exercised by the CPU tests:
+    FSDP and ZeRO-3 need GPUs.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return None
+    state = accelerator.get_state_dict(forward)  # names carry LMForward's 'lm.' prefix
+    if not accelerator.is_main_process or state is None:
+        return None
+    return {name.removeprefix("lm."): tensor for name, tensor in state.items()}
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -435,6 +455,7 @@ def train(
                 save_state(step_number)
 
     accelerator.wait_for_everyone()
+    full_state = _gathered_state(accelerator, forward)
     if checkpointing:
         _activation_checkpointing(model, False)
     for p in model.parameters():
@@ -445,5 +466,6 @@ def train(
         trained_parameters=sum(p.numel() for p in trained),
         seconds=time.perf_counter() - started, tokens=all_tokens,
         main_process=accelerator.is_main_process,
+        state_dict=full_state,
         reference_forwards=dict(reference.forwards) if reference is not None else {},
     )
