@@ -185,3 +185,13 @@ def test_a_second_run_into_the_same_output_folder_is_refused_while_the_first_wri
     assert (tmp_path / "run" / "manifest.json").exists()
     with pytest.raises(UserError, match="already exists and is not empty"):
         OutputFolder(tmp_path / "run")
+
+
+def test_max_length_is_capped_at_the_model_context_and_the_manifest_says_so(tiny_model_dir, data_files, tmp_path):
+    forget, retain = data_files
+    result = run_method("ga", model=tiny_model_dir, forget=forget, steps=1, out=tmp_path / "capped",
+                        overrides={"max_length": 4096})
+    assert result.run["max_length"] == 128  # the tiny model's max_position_embeddings
+    manifest = json.loads((tmp_path / "capped" / "manifest.json").read_text())
+    assert manifest["run"]["max_length"] == 128
+    assert manifest["sources"]["max_length"].startswith("the model's context (128 tokens")

@@ -445,6 +445,12 @@ def run_method(
             raise ConfigError(f"--lora applies to gradient methods; '{record.id}' is not trained that way")
         lora_spec = parse_lora(lora)
         lm_model, trainable = add_adapter(lm_model, lora_spec)
+    context = getattr(lm_model.config, "max_position_embeddings", None)
+    if isinstance(context, int) and settings.run.max_length > context:
+        # Longer inputs would run past the positions the model was trained on: cap them, and say so.
+        settings.sources["max_length"] = (f"the model's context ({context} tokens; the setting asked for "
+                                          f"{settings.run.max_length})")
+        settings.run.max_length = context
     lm = LanguageModel(lm_model, tokenizer, max_length=settings.run.max_length)
     sets = {"forget": _sample(forget_set, eval_limit), "retain": _sample(retain_set or [], eval_limit)}
     before = {name: exact_match_recall(lm, examples) for name, examples in sets.items()}
