@@ -71,6 +71,8 @@ def make_project(folder: Path) -> Path:
     hook.mkdir(parents=True)
     shutil.copy(REPO / "src" / "unlearn_kb" / "site" / "hooks.py", hook / "hooks.py")
     shutil.copytree(REPO / "registry", folder / "registry")  # the contributor guide includes a record
+    (folder / "benchmarks").mkdir()
+    shutil.copy(REPO / "benchmarks" / "README.md", folder / "benchmarks")  # the speed page shows its figures
     return folder
 
 

@@ -39,7 +39,8 @@ Conventions shared by every method (and by the tests):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -175,6 +176,24 @@ def hidden_at_layer(
     finally:
         handle.remove()
     return captured["hidden"]
+
+
+@contextmanager
+def keep_outputs(modules: Mapping[Hashable, torch.nn.Module]) -> Iterator[dict[Hashable, torch.Tensor]]:
+    """While open, every forward of ``modules[key]`` stores its output (first element of a tuple) under ``key``."""
+    kept: dict[Hashable, torch.Tensor] = {}
+
+    def keeper(key: Hashable) -> Any:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            kept[key] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    handles = [module.register_forward_hook(keeper(key)) for key, module in modules.items()]
+    try:
+        yield kept
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class LMForward(torch.nn.Module):
