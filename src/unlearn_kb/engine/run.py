@@ -411,8 +411,8 @@ def run_method(
             raise ConfigError("--forget is required with --model (the data to unlearn)")
         model_path = model  # type: ignore[assignment]
     if method.needs_retain(settings.config) and not retain_set:
-        raise ConfigError(f"method '{record.id}' has a retain term and needs --retain "
-                          "(or --set alpha=0 to run without one)")
+        drop = " (or --set alpha=0 to run without its retain term)" if hasattr(settings.config, "alpha") else ""
+        raise ConfigError(f"method '{record.id}' needs retain data: give --retain{drop}")
 
     from unlearn_kb.engine.checkpoint import CheckpointPlan, check_identity, load_checkpoint
     from unlearn_kb.engine.method import BuildMethod
