@@ -5,8 +5,10 @@ intermediate 688, 4 layers, 4 heads, vocab 1000, random weights, seed 0; forget 
 batches of 8 x 64 tokens whose first 16 tokens are masked (the prompt); AdamW at lr 1e-5;
 2 threads; the baseline is a fine-tuning step (NLL) on the forget batch alone. A step is the
 objective, the backward pass and the optimizer step, run by :func:`unlearn_kb.engine.trainer.train`
-exactly as ``unlearn-kb run`` runs it. Each method runs in its own process, so peak memory
-(resident set on the CPU, allocated memory on a GPU) is its own.
+exactly as ``unlearn-kb run`` runs it. Each method runs in its own process, right after a
+fine-tuning run of the same model in that process: the ratio pairs the two, so a machine that
+speeds up or slows down during the benchmark does not bias it. Peak memory (resident set on the
+CPU, allocated memory on a GPU) is the method's (fine-tuning peaks lower than every method).
 
     python benchmarks/step_cost.py                      # every implemented method, CPU
     python benchmarks/step_cost.py --methods ga,npo --steps 30
@@ -43,7 +45,8 @@ SHAPES = {
 BATCH, SEQUENCE, PROMPT = 8, 64, 16
 # RMU's paper layers (steer 7, update 5-7) do not exist in a 4-layer model: steer the third
 # layer and update the three below it, the same relative place.
-SHAPE_OVERRIDES = {"rmu": {"layer": "2", "update_layers": "[0, 1, 2]"}}
+SHAPE_OVERRIDES = {"rmu": {"layer": "2", "update_layers": "[0, 1, 2]"},  # the paper's layers 5-7 do not exist
+                   "circuit_breakers": {"target_layers": "1,2"}}  # the paper's 10 and 20 of 32, scaled to 4
 FINETUNE = "finetune"
 
 
@@ -51,6 +54,7 @@ FINETUNE = "finetune"
 class Measurement:
     method: str
     median_step_s: float
+    baseline_step_s: float  # the fine-tuning step, measured in the same process just before
     tokens_per_s: float
     peak_memory_mb: float
     trained_parameters: int
@@ -84,6 +88,11 @@ def _tokenizer():
     return hf
 
 
+def _median_step(records: list[dict]) -> float:
+    warm = records[2:] or records
+    return statistics.median(r["tokens"] / r["tokens_per_s"] for r in warm)
+
+
 def worker(method_id: str, steps: int, shape: str, device: str) -> Measurement:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -99,27 +108,34 @@ def worker(method_id: str, steps: int, shape: str, device: str) -> Measurement:
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
                          eos_token_id=2)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").to(device)
+
+    def fresh_model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").to(device)
+
     run_settings = dict(lr=1e-5, batch_size=BATCH, grad_accum=1, steps=steps, max_length=SEQUENCE,
                         weight_decay=0.0)
-    if method_id == FINETUNE:
-        class FineTune(GradientMethod):
-            def loss(self, step, config):
-                return with_total({"nll": nll(step.token_logprobs("forget"), step.mask("forget"))})
+    forget, retain = _examples(BATCH * 4, 0), _examples(BATCH * 4, 500)
 
+    class FineTune(GradientMethod):
+        def loss(self, step, config):
+            return with_total({"nll": nll(step.token_logprobs("forget"), step.mask("forget"))})
+
+    baseline = train(FineTune(), None, RunConfig(**run_settings), model=fresh_model(), tokenizer=tokenizer,
+                     forget=forget)
+    if method_id == FINETUNE:
         method, method_config, run = FineTune(), None, RunConfig(**run_settings)
     else:
         record, method_cls = resolve_method(method_id, load_registry())
         overrides = {**run_settings, **SHAPE_OVERRIDES.get(method_id, {})}
         settings = resolve_settings(record, config_class(method_cls), toy=False, overrides=overrides)
         method, method_config, run = method_cls(), settings.config, settings.run
-    forget, retain = _examples(BATCH * 4, 0), _examples(BATCH * 4, 500)
+    model = fresh_model()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     result = train(method, method_config, run, model=model, tokenizer=tokenizer, forget=forget, retain=retain)
     warm = result.records[2:] or result.records
-    step_times = [r["tokens"] / r["tokens_per_s"] for r in warm]
-    median = statistics.median(step_times)
+    median = _median_step(result.records)
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -131,7 +147,7 @@ def worker(method_id: str, steps: int, shape: str, device: str) -> Measurement:
         n = sum(p.numel() for name, p in model.named_parameters() if "embed" not in name)
         peak_flops = float(os.environ.get("PEAK_BF16_FLOPS", 989e12))  # H100 SXM dense bf16
         mfu = 6 * n * tokens_per_s / peak_flops
-    return Measurement(method_id, median, tokens_per_s, peak, result.trained_parameters, result.reference,
+    return Measurement(method_id, median, _median_step(baseline.records), tokens_per_s, peak, result.trained_parameters, result.reference,
                        len(warm), mfu)
 
 
@@ -148,13 +164,17 @@ def main() -> None:
         print(json.dumps(asdict(worker(args.worker, args.steps, args.shape, args.device))))
         return
 
+    from unlearn_kb.engine.method import GradientMethod
+    from unlearn_kb.engine.run import resolve_method
     from unlearn_kb.registry import load_registry
 
-    implemented = sorted(m.id for m in load_registry().implemented())
-    methods = [m for m in args.methods.split(",") if m] or implemented
+    registry = load_registry()
+    trained = sorted(m.id for m in registry.implemented()  # one loss per step: what a step costs
+                     if issubclass(resolve_method(m.id, registry)[1], GradientMethod))
+    methods = [m for m in args.methods.split(",") if m] or trained
     rows: list[Measurement] = []
     started = time.time()
-    for method_id in [FINETUNE, *methods]:
+    for method_id in methods:
         out = subprocess.run([sys.executable, __file__, "--worker", method_id, "--steps", str(args.steps),
                               "--shape", args.shape, "--device", args.device],
                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
@@ -162,7 +182,6 @@ def main() -> None:
             print(f"{method_id}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(Measurement(**json.loads(out.stdout.strip().splitlines()[-1])))
-    base = next(r for r in rows if r.method == FINETUNE).median_step_s
     print(f"step cost, {args.shape} shape, {BATCH}x{SEQUENCE} tokens, {args.steps} steps each "
           f"(median after 2 warm-up steps), device {args.device}, {platform.processor() or platform.machine()}, "
           f"torch threads 2, {time.strftime('%Y-%m-%d')}")
@@ -172,8 +191,11 @@ def main() -> None:
         header += f" {'MFU':>6s}"
     print(header)
     table = []
+    baselines = [r.baseline_step_s for r in rows]
+    print(f"{FINETUNE:10s} {statistics.median(baselines) * 1e3:10.1f} {1.0:10.2f}   (median of the {len(rows)} "
+          f"paired runs; {min(baselines) * 1e3:.1f} to {max(baselines) * 1e3:.1f} ms)")
     for r in rows:
-        ratio = r.median_step_s / base
+        ratio = r.median_step_s / r.baseline_step_s
         line = (f"{r.method:10s} {r.median_step_s * 1e3:10.1f} {ratio:10.2f} {PEER.get(r.method, float('nan')):7.2f} "
                 f"{TARGET.get(r.method, float('nan')):7.2f} {r.tokens_per_s:9.0f} {r.peak_memory_mb:8.0f} "
                 f"{r.trained_parameters:15,d} {r.reference:>9s}")
