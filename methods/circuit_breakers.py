@@ -26,8 +26,9 @@ Here D_s is the forget set and D_r the retain set. As in the code:
 - what is trained is the linear layers of decoder layers 0 .. max(target_layers) (the code's
   ``transform_layers -1``; the paper: "all linear layers from layers 0 through 20"); layers above
   never run in training;
-- the schedule is ``p_t = t / schedule_horizon`` with the code's hard-coded 300 = 2T for its
-  T = 150 steps (``get_training_progress``), and a term whose coefficient is <= 0 is skipped;
+- the schedule is ``p_t = t / H`` with ``H = schedule_horizon``, by default ``2T`` for a run of
+  T steps (Algorithm 1's ``t / 2T``; the code hard-codes 300 = 2T for its T = 150 steps,
+  ``get_training_progress``), and a term whose coefficient is <= 0 is skipped;
 - the reference hidden states come from a frozen copy of the starting model (the code disables
   the LoRA adapter instead: the same weights).
 
@@ -39,7 +40,7 @@ positions of its fixed-length padded batch (padding counted as distance 0), whic
 scale depend on the padding; here padding is left out of the mean. (3) ``step.number`` is the
 optimizer step, so with gradient accumulation t counts optimizer steps, while the code counts
 ``compute_loss`` calls (the same with its grad_accum = 1). The trainer does not tell a method
-the run's total step count, hence the explicit ``schedule_horizon`` (set it to 2 * steps).
+the run's total step count; here ``schedule_horizon = 0`` reads it from the engine (``Step.total``).
 Some copies of the code use ``t / (T + 1)`` instead of ``t / 300``; the paper's Algorithm 1 and
 the ``/ 300`` copies agree on ``t / 2T``.
 """
@@ -68,7 +69,7 @@ from unlearn_kb.errors import ConfigError
 class Config:
     alpha: float  # lorra_alpha: c_s = alpha (1 - p_t) on the rerouting term, c_r = alpha p_t on the retain term
     target_layers: list[int]  # hidden-state indices of the rerouting loss (0 = embeddings, l = after decoder layer l-1)
-    schedule_horizon: int  # p_t = step / schedule_horizon (the code's hard-coded 300 = 2T for T = 150 steps)
+    schedule_horizon: int  # H in p_t = step / H; 0: 2T, twice the run's steps (Algorithm 1; the code's 300)
 
 
 # --------------------------------------------------------------------------- the objective
@@ -148,8 +149,8 @@ def _check_layers(model: torch.nn.Module, config: Config) -> None:
             "decoder layer max(target_layers), which must not be the last)")
     if config.alpha <= 0:
         raise ConfigError("circuit_breakers: alpha must be > 0 (it scales both terms)")
-    if config.schedule_horizon < 1:
-        raise ConfigError("circuit_breakers: schedule_horizon must be >= 1 (the code's 300 = 2 x its 150 steps)")
+    if config.schedule_horizon < 0:
+        raise ConfigError("circuit_breakers: schedule_horizon must be >= 1, or 0 for twice the run's steps")
 
 
 class CircuitBreakers(GradientMethod):
@@ -186,7 +187,7 @@ class CircuitBreakers(GradientMethod):
     def loss(self, step: Step, config: Config) -> dict[str, torch.Tensor]:
         assert self.model is not None, "prepare() runs before the first step"
         frozen = step.reference.model.lm  # type: ignore[union-attr]  # LMForward of the frozen copy
-        c_s, c_r = schedule(step.number, config.alpha, config.schedule_horizon)
+        c_s, c_r = schedule(step.number, config.alpha, config.schedule_horizon or 2 * max(1, step.total))
         terms: dict[str, torch.Tensor] = {}
         if c_s > 0:
             batch = step.batch("forget")

@@ -88,6 +88,22 @@ def test_circuit_breakers_trains_the_linear_layers_up_to_the_top_target_and_chec
             circuit_breakers.CircuitBreakers().prepare(model, circuit_breakers.Config(10.0, bad, 300), None)
 
 
+def test_circuit_breakers_horizon_0_is_twice_the_runs_steps(tiny, tiny_data, monkeypatch):
+    from unlearn_kb.engine.trainer import RunConfig, train
+
+    model, tokenizer = tiny
+    forget, retain = tiny_data
+    horizons = []
+    real = circuit_breakers.schedule
+    monkeypatch.setattr(circuit_breakers, "schedule",
+                        lambda step, alpha, horizon: (horizons.append((step, horizon)), real(step, alpha, horizon))[1])
+    config = circuit_breakers.Config(alpha=10.0, target_layers=[1], schedule_horizon=0)
+    train(circuit_breakers.CircuitBreakers(), config, RunConfig(lr=1e-3, steps=3, batch_size=2, grad_accum=1),
+          model=model, tokenizer=tokenizer, forget=forget, retain=retain)
+    assert horizons == [(1, 6), (2, 6), (3, 6)]  # t / 2T, Algorithm 1
+    assert real(3, 10.0, 6) == (5.0, 5.0)  # half-way through 2T both terms weigh alpha / 2
+
+
 # --------------------------------------------------------------------------- repnoise: objective
 
 

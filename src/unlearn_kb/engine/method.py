@@ -326,8 +326,9 @@ class Step:
     """
 
     def __init__(self, model: Callable[..., torch.Tensor], batches: Mapping[str, Batch],
-                 reference: Reference | None = None, number: int = 0):
-        self.number = number
+                 reference: Reference | None = None, number: int = 0, total: int = 0):
+        self.number = number  # this optimizer step, 1-based
+        self.total = total  # optimizer steps in the run (schedules that depend on t / T read it)
         self._model = model
         self._batches = batches
         self._reference = reference

@@ -387,7 +387,7 @@ def train(
             # Gradients are all-reduced on the last micro-batch only.
             with nullcontext() if micro == run.grad_accum - 1 else accelerator.no_sync(forward):
                 with accelerator.autocast():
-                    step = Step(forward, batches, reference, number=step_number)
+                    step = Step(forward, batches, reference, number=step_number, total=total)
                     terms = method.loss(step, config)
                 values = {name: float(value.detach()) for name, value in terms.items()}
                 broken = [name for name, number in values.items() if not math.isfinite(number)]
