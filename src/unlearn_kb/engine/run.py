@@ -353,6 +353,7 @@ def run_method(
     lora: str | None = None,
     dtype: str = "float32",
     resume: str | Path | None = None,
+    checkpoints: bool = True,
     eval_limit: int | None = 200,
     progress: Callable[[dict[str, Any]], None] | None = None,
     registry: Registry | None = None,
@@ -369,7 +370,8 @@ def run_method(
     checkpoint (``<out>.checkpoint``, or ``runs/<method>-<time>.checkpoint`` without ``out``);
     ``resume`` names such a checkpoint to continue from. The same method, model, data, seed and
     settings are required (only lr, clip, steps and epochs may change); the result equals that
-    of an uninterrupted run. A checkpoint is removed once its run has finished.
+    of an uninterrupted run. A checkpoint is removed once its run has finished. ``checkpoints=False``
+    saves none (for callers that cannot resume a single run, such as ``bench``).
     """
     from unlearn_kb.engine.lm import LanguageModel
     from unlearn_kb.engine.models import OutputFolder, load_model, writes_output
@@ -433,7 +435,7 @@ def run_method(
         checkpoint_folder = Path(out).parent / f"{Path(out).name}.checkpoint"
     else:
         checkpoint_folder = Path("runs") / f"{record.id}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.checkpoint"
-    plan = CheckpointPlan(checkpoint_folder, identity, every=settings.run.checkpoint_every)
+    plan = CheckpointPlan(checkpoint_folder, identity, every=settings.run.checkpoint_every) if checkpoints else None
 
     lm_model, tokenizer = load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code,
                                      allow_pickle=allow_pickle)
@@ -496,7 +498,7 @@ def run_method(
             # A LoRA adapter is merged first; a sharded (FSDP / ZeRO-3) model saves its gathered weights.
             output.save_model(lm_model, tokenizer, state_dict=None if lora_spec is not None else result.state_dict)
             output.write_manifest(manifest(result, after))
-    if result.main_process:
+    if result.main_process and plan is not None:
         import shutil
 
         shutil.rmtree(plan.folder, ignore_errors=True)  # the finished run supersedes its checkpoint

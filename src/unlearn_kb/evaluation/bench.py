@@ -114,7 +114,7 @@ def bench(methods: Sequence[str] | None = None, out: Path | str = "registry/resu
         say(f"{method_id}: unlearning")
         run_out = Path(runs_dir) / method_id if runs_dir is not None else None
         with cpu_threads(TOY_THREADS):  # same reason as the evaluation's: tiny models, busy CPUs
-            result = run_method(method_id, world=world, seed=seed, out=run_out, registry=registry)
+            result = run_method(method_id, world=world, seed=seed, out=run_out, registry=registry, checkpoints=False)
         if isinstance(result.model, LanguageModel):  # a frozen-weight method serves a wrapper
             lm = result.model
         else:

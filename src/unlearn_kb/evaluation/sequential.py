@@ -108,7 +108,7 @@ def run_sequential(method_id: str, k: int, *, overrides: dict[str, Any] | None =
         target = keep / f"request-{step}"
         result = run_method(method_id, model=previous if previous is not None else world.original_path,
                             forget=request, retain=list(world.retain), overrides=settings, seed=seed,
-                            out=target, eval_limit=40, registry=registry)
+                            out=target, eval_limit=40, registry=registry, checkpoints=False)
         if isinstance(result.model, LanguageModel):
             raise ValueError(f"'{method_id}' keeps the weights frozen; successive requests apply to "
                              "methods that change the weights")
