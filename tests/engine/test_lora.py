@@ -66,3 +66,36 @@ def test_run_with_lora_saves_a_merged_plain_checkpoint(toy_world, tmp_path):
     with safe_open(str(tmp_path / "run" / "model.safetensors"), "pt") as weights:
         assert not any("lora" in key for key in weights.keys())  # noqa: SIM118 - safe_open is no dict
     assert result.trained_parameters < 200_000  # the adapter, not the 1.1 M weights
+
+
+def test_a_lora_run_reads_its_reference_with_the_adapter_off_and_keeps_no_copy(tiny, tiny_data, monkeypatch):
+    from unlearn_kb.engine import trainer as engine_trainer
+    from unlearn_kb.engine.data import collate, encode_all
+    from unlearn_kb.methods import ga_kl
+
+    model, tokenizer = tiny
+    forget, retain = tiny_data
+    batch = collate(encode_all(tokenizer, retain, 32), tokenizer.pad_token_id)
+    with torch.no_grad():
+        starting = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    monkeypatch.setattr(engine_trainer, "frozen_copy", lambda m: pytest.fail("a LoRA run copied the model"))
+    seen = []
+    real = engine_trainer.Reference.logits
+    monkeypatch.setattr(engine_trainer.Reference, "logits",
+                        lambda self, name, b: seen.append(self.model) or real(self, name, b))
+    wrapped, trainable = add_adapter(model, LoraSpec(r=2, alpha=4.0, targets=("q_proj", "v_proj")))
+    result = train(ga_kl.GAKL(), ga_kl.Config(gamma=1.0, alpha=1.0),
+                   RunConfig(lr=1e-2, steps=3, batch_size=2, grad_accum=1, max_length=32, reference_cache_mb=0),
+                   model=wrapped, tokenizer=tokenizer, forget=forget, retain=retain, trainable=trainable)
+    assert result.reference == "live" and seen
+    reference = seen[0]
+    assert isinstance(reference, engine_trainer.AdapterOffForward)
+    with torch.no_grad():
+        trained = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert not torch.allclose(trained, starting, atol=1e-4), "the adapter did not train"
+    off = reference(batch["input_ids"], batch["attention_mask"])
+    real_tokens = batch["attention_mask"].bool()
+    assert torch.allclose(off[real_tokens], starting[real_tokens], atol=1e-5), "adapter off is not the start"
+    wrapped.train()
+    reference(batch["input_ids"], batch["attention_mask"])
+    assert wrapped.training, "the reference runs in eval mode and gives train mode back"

@@ -10,7 +10,8 @@ and takes an AdamW step on the trained parameters only.
 Reference quantities: a method that reads only reference *sequence* log-probs (NPO, DPO) gets
 them computed once per example with the starting model before the first update, and no copy of
 the model is kept; a method that reads reference logits or hidden states at every step (KL,
-UNDIAL, RMU) gets a frozen copy; a method that reads neither gets nothing.
+UNDIAL, RMU) gets a frozen copy, or, in a LoRA run, the same model with its adapter switched
+off (no copy); a method that reads neither gets nothing.
 """
 
 from __future__ import annotations
@@ -221,6 +222,25 @@ def _gathered_state(accelerator: Any, forward: torch.nn.Module) -> dict[str, Any
     return {name.removeprefix("lm."): tensor for name, tensor in state.items()}
 
 
+class AdapterOffForward(LMForward):
+    """The reference of a LoRA run: the trained module itself with its adapter switched off.
+
+    LoRA starts at ``B = 0`` and never changes the base weights, so with the adapter off the model
+    *is* the starting model, and no second copy of the weights is needed (the copy a full
+    fine-tuning run keeps costs a whole model's memory). Runs without gradients, in eval mode.
+    """
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                stop_at_layer: int | None = None) -> torch.Tensor:
+        was_training = self.lm.training
+        self.lm.eval()
+        try:
+            with torch.no_grad(), self.lm.disable_adapter():
+                return super().forward(input_ids, attention_mask, stop_at_layer)
+        finally:
+            self.lm.train(was_training)
+
+
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A frozen copy of the starting model: the reference for objectives read at every step."""
     return copy.deepcopy(model).eval().requires_grad_(False)
@@ -306,7 +326,10 @@ def train(
     live = method.uses_reference and method.live_reference(config)
     if method.uses_reference and (live or method.reference_sequences):
         cache_bytes = run.reference_cache_mb << 20
-        if live:
+        if live and hasattr(model, "disable_adapter"):
+            # A LoRA run: the starting model is the same module with its adapter off; no copy.
+            reference, mode = Reference(AdapterOffForward(model), cache_bytes), "live"
+        elif live:
             reference, mode = Reference(LMForward(frozen_copy(model)), cache_bytes), "live"
         else:
             # The starting model *is* the reference before the first update: no copy needed.
