@@ -65,6 +65,9 @@ def load_model(
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the run draws its own progress; no per-load bars
 
     if dtype not in _DTYPES:
         raise ModelLoadError(f"dtype must be one of {', '.join(_DTYPES)}, got '{dtype}'")
