@@ -283,9 +283,11 @@ def _versions() -> dict[str, str]:
 
 def _device() -> dict[str, Any]:
     import torch
+    from accelerate import PartialState
 
     cuda = torch.cuda.is_available()
     return {"type": "cuda" if cuda else "cpu", "count": torch.cuda.device_count() if cuda else 1,
+            "processes": PartialState(cpu=not cuda).num_processes,
             "name": torch.cuda.get_device_name(0) if cuda else "cpu",
             "mixed_precision": "bf16" if cuda else "no"}
 
