@@ -40,3 +40,45 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(toy_wor
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "double")
     manifest = json.loads((tmp_path / "double" / "manifest.json").read_text())
     assert manifest["device"]["processes"] == 2 and model.config.num_hidden_layers == toy_world.config.n_layers
+
+
+SHARDED_REFERENCE = """
+import sys, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from unlearn_kb.engine.method import LMForward
+from unlearn_kb.engine.models import load_model
+from unlearn_kb.engine.trainer import frozen_copy, shard_frozen
+
+dist.init_process_group("gloo")
+model, _ = load_model(sys.argv[1])
+ids = torch.randint(3, 200, (2, 12), generator=torch.Generator().manual_seed(dist.get_rank()))
+mask = torch.ones_like(ids)
+with torch.no_grad():
+    whole = LMForward(model.eval())(ids, mask)
+sharded = LMForward(shard_frozen(frozen_copy(model), init_device_mesh("cpu", (dist.get_world_size(),))))
+with torch.no_grad():
+    logits = sharded(ids, mask)
+    hidden = sharded(ids, mask, stop_at_layer=1)
+    expected_hidden = LMForward(model)(ids, mask, stop_at_layer=1)
+held = sum(p.to_local().numel() for p in sharded.lm.parameters() if hasattr(p, "to_local"))
+total = sum(p.numel() for p in model.parameters())
+print(float((logits - whole).abs().max()), float((hidden - expected_hidden).abs().max()), held, total)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_sharded_frozen_reference_gives_the_full_models_outputs_and_holds_a_share(tiny_model_dir, tmp_path):
+    """FSDP2 on two gloo processes: what a GPU FSDP run uses for GA+KL's, UNDIAL's and RMU's reference."""
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_REFERENCE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29519", str(script), str(tiny_model_dir)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.strip()]
+    assert len(rows) == 2  # one per process
+    for logits_gap, hidden_gap, held, total in rows:
+        assert float(logits_gap) < 1e-5 and float(hidden_gap) < 1e-5
+        assert int(held) < 0.75 * int(total), "each process holds only a share of the weights"

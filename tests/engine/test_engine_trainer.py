@@ -55,9 +55,11 @@ def test_hidden_state_forward_stops_at_the_layer_and_matches_a_full_pass(tiny, t
     ran = []
     hooks = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
              for i, layer in enumerate(model.model.layers)]
+    hooks.append(model.lm_head.register_forward_hook(lambda m, a, o: ran.append(tuple(a[0].shape[:2]))))
     with torch.no_grad():
         h = hidden_at_layer(model, b["input_ids"], b["attention_mask"], 1)
-    assert ran == [0, 1]  # layer 2 and the LM head never ran
+    assert ran == [0, 1, (len(forget), 1)]  # layer 2 never ran; the LM head saw one position per row
+    assert len(model.model.layers) == 3, "the decoder got all its layers back"
     for hook in hooks:
         hook.remove()
     with torch.no_grad():

@@ -125,10 +125,6 @@ def label_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- forward passes
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the wanted layer has run."""
-
-
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The decoder's list of layers (``model.model.layers`` for Llama, Mistral, Qwen, ...)."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
@@ -155,27 +151,24 @@ def hidden_at_layer(
 ) -> torch.Tensor:
     """The residual stream after decoder layer ``layer`` (0-based), ``(B, T, H)``.
 
-    The forward pass stops there: later layers and the LM head never run. This equals
-    ``output_hidden_states[layer + 1]`` of a full pass (the WMDP code's ``layers[layer]`` output).
+    Layers above ``layer`` never run: for the duration of the call the decoder holds only the
+    layers up to it, and the LM head scores one position per row (``logits_to_keep=1``). The
+    pass goes through the model's own ``forward``, so the hooks of FSDP, DDP and peft wrappers all
+    run as usual (a pass aborted by an exception would leave a sharded model half-gathered). This
+    equals ``output_hidden_states[layer + 1]`` of a full pass (the WMDP code's ``layers[layer]``).
     """
     layers = decoder_layers(model)
     if not 0 <= layer < len(layers):
         raise ConfigError(f"layer {layer} does not exist: the model has {len(layers)} decoder layers "
                           f"(0..{len(layers) - 1})")
-    captured: dict[str, torch.Tensor] = {}
-
-    def keep_and_stop(module: torch.nn.Module, args: Any, output: Any) -> None:
-        captured["hidden"] = output[0] if isinstance(output, tuple) else output
-        raise _StopForward
-
-    handle = layers[layer].register_forward_hook(keep_and_stop)
-    try:
-        model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    return captured["hidden"]
+    decoder = model.get_decoder()
+    with keep_outputs({"hidden": layers[layer]}) as kept:
+        decoder.layers = layers[: layer + 1]  # a shorter ModuleList of the same modules
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+        finally:
+            decoder.layers = layers
+    return kept["hidden"]
 
 
 @contextmanager

@@ -47,7 +47,7 @@ from unlearn_kb.engine.data import (
     encode_all,
     encode_example,
 )
-from unlearn_kb.engine.method import GradientMethod, LMForward, Reference, Step
+from unlearn_kb.engine.method import GradientMethod, LMForward, Reference, Step, decoder_layers
 from unlearn_kb.errors import ConfigError, Interrupted, TrainingError
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -222,6 +222,21 @@ def _gathered_state(accelerator: Any, forward: torch.nn.Module) -> dict[str, Any
     return {name.removeprefix("lm."): tensor for name, tensor in state.items()}
 
 
+def shard_frozen(model: torch.nn.Module, mesh: Any = None) -> torch.nn.Module:
+    """Shard a frozen model across the processes with FSDP2 (``fully_shard``), layer by layer.
+
+    Each process keeps 1/N of the weights; a forward gathers one decoder layer at a time and
+    frees it again. Every process must call every forward (the gathers are collectives).
+    ``mesh`` defaults to all processes on the current device type.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
 class AdapterOffForward(LMForward):
     """The reference of a LoRA run: the trained module itself with its adapter switched off.
 
@@ -329,6 +344,10 @@ def train(
         if live and hasattr(model, "disable_adapter"):
             # A LoRA run: the starting model is the same module with its adapter off; no copy.
             reference, mode = Reference(AdapterOffForward(model), cache_bytes), "live"
+        elif live and getattr(accelerator, "is_fsdp2", False):
+            # Sharded like the trained model: each process holds 1/N of the frozen weights. Every
+            # forward is then a collective, so nothing is cached (ranks would disagree on hits).
+            reference, mode = Reference(LMForward(shard_frozen(frozen_copy(model))), 0), "live"
         elif live:
             reference, mode = Reference(LMForward(frozen_copy(model)), cache_bytes), "live"
         else:
