@@ -82,3 +82,54 @@ def test_a_sharded_frozen_reference_gives_the_full_models_outputs_and_holds_a_sh
     for logits_gap, hidden_gap, held, total in rows:
         assert float(logits_gap) < 1e-5 and float(hidden_gap) < 1e-5
         assert int(held) < 0.75 * int(total), "each process holds only a share of the weights"
+
+
+@pytest.mark.slow
+def test_two_processes_interrupted_by_sigterm_resume_to_the_same_weights(tiny_model_dir, tmp_path):
+    """A pre-empted multi-process job: torchrun forwards SIGTERM, the ranks agree to stop after the
+    same step, rank 0 saves the checkpoint, and a resumed two-process run ends bit-identical."""
+    import signal
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    from unlearn_kb.engine.data import write_jsonl
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny import examples
+
+    forget, retain = examples()
+    write_jsonl(tmp_path / "forget.jsonl", forget)
+    write_jsonl(tmp_path / "retain.jsonl", retain)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def command(out: str, port: int, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                "-m", "unlearn_kb", "run", "npo", "--model", str(tiny_model_dir), "--forget",
+                str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl"), "--steps", "300",
+                "--seed", "3", "--set", "batch_size=1", "--set", "grad_accum=2", "--set", "lr=1e-3",
+                "--out", str(tmp_path / out), *extra]
+
+    whole = subprocess.run(command("whole", 29521), capture_output=True, text=True, env=env, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    process = subprocess.Popen(command("cut", 29522), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        logs = list(tmp_path.glob(".cut.partial-*/log.jsonl"))
+        if logs and len(logs[0].read_text().splitlines()) >= 10:
+            break
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert "interrupted by SIGTERM after step" in stderr, stderr[-3000:]
+    assert not (tmp_path / "cut").exists()
+
+    resumed = subprocess.run(command("cut", 29523, "--resume", str(tmp_path / "cut.checkpoint")),
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed weights differ"

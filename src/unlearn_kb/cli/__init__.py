@@ -7,6 +7,7 @@ or evaluate, so the knowledge commands start fast.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -41,7 +42,8 @@ def main() -> None:
     try:
         app(prog_name="unlearn-kb")
     except Interrupted as stopped:  # Ctrl-C / SIGTERM during training: a clean stop, not an error
-        print(f"stopped: {stopped}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process stops; one reports it
+            print(f"stopped: {stopped}", file=sys.stderr)
         sys.exit(128 + stopped.signal_number)
     except KeyboardInterrupt:
         sys.exit(130)
