@@ -244,6 +244,15 @@ def test_a_measured_result_shows_its_verdict_figures_and_chart(fixture_root):
     assert 'data-observed="suppression-like"' in files[EXPLORER]
 
 
+def test_the_evaluation_summary_table_lists_every_measured_result(fixture_root):
+    write_result(fixture_root)
+    snippet = Pages(load_registry(fixture_root)).render()["generated/snippets/measured.md"]
+    (row,) = [line for line in snippet.splitlines() if "alpha_ascent" in line]
+    assert "generated/methods/alpha_ascent.md" in row and "**suppression&#45;like**" in row
+    assert "relearning" in row and row.count("|") == 7  # six columns
+    assert len(snippet.splitlines()) == 3  # header, rule, the one result
+
+
 def test_the_chart_draws_only_figures_between_zero_and_one():
     result = MeasuredResult(method="m", verdict="removal-like", decided_by="x", command="c", seed=0,
                             versions={}, date="d", figures={"loss": {"model": 3.0}, "steps": 5})

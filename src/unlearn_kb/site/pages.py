@@ -793,6 +793,22 @@ class Pages:
                 f"{len(r.results)} {'method has' if len(r.results) == 1 else 'methods have'} been measured "
                 "on the toy world.\n")
 
+    def measured_snippet(self) -> str:
+        """Every verdict measured on the toy world (``registry/results``), next to what the method
+        intends, grouped by verdict: the evaluation page's summary table."""
+        src = SNIPPET_HOST
+        order = {v.value: i for i, v in enumerate(Verdict)}
+        measured = sorted(self.r.results.values(), key=lambda res: (order[res.verdict.value], res.method))
+        rows = []
+        for res in measured:
+            m = self.r.methods[res.method]
+            holdout = res.figures.get("verdict (holdout-based)")
+            rows.append([self.method_links(src, [m.id]), md(self.term_name("intention", m.intention.stated.value)),
+                         md(self.term_name("level", m.level.value)), f"**{md(res.verdict.value)}**",
+                         md(res.decided_by), md(holdout) if isinstance(holdout, str) else "—"])
+        header = ["Method", "Stated intention", "Level", "Verdict", "Decided by", "Without a reference (holdout)"]
+        return _table(header, rows) + "\n"
+
     # ----------------------------------------------------------------- everything
 
     def render(self) -> dict[str, str]:
@@ -817,4 +833,5 @@ class Pages:
         files[f"{GENERATED}/snippets/observed.md"] = self.observed_snippet()
         files[f"{GENERATED}/snippets/obligations.md"] = self.obligations_snippet()
         files[f"{GENERATED}/snippets/stats.md"] = self.stats_snippet()
+        files[f"{GENERATED}/snippets/measured.md"] = self.measured_snippet()
         return files
