@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # NPO without its retain term: the loss is a mean over sequences, so the mean of two shards of
 # equal size is exactly the mean of the whole batch; what remains is float summation order.
@@ -133,3 +134,47 @@ def test_two_processes_interrupted_by_sigterm_resume_to_the_same_weights(tiny_mo
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed weights differ"
+
+
+GATHERED_SAVE = """
+import sys, torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from unlearn_kb.engine.method import decoder_layers
+from unlearn_kb.engine.models import load_model
+from unlearn_kb.engine.trainer import full_state_dict
+
+dist.init_process_group("gloo")
+model, tokenizer = load_model(sys.argv[1])
+whole = {k: v.clone() for k, v in model.state_dict().items()}
+for layer in decoder_layers(model):
+    fully_shard(layer)
+fully_shard(model)
+state = full_state_dict(model)
+if dist.get_rank() == 0:
+    same = state.keys() == whole.keys() and all(torch.equal(state[k], whole[k]) for k in whole)
+    model.save_pretrained(sys.argv[2], state_dict=state)
+    print("rank0", same, len(state))
+else:
+    print("rank1", len(state))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_sharded_model_is_gathered_once_on_rank_0_and_saves_as_a_plain_checkpoint(tiny_model_dir, tmp_path):
+    """What an FSDP run saves: every shard gathered on rank 0, one ordinary safetensors model."""
+    from transformers import AutoModelForCausalLM
+
+    script = tmp_path / "gather.py"
+    script.write_text(GATHERED_SAVE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29524", str(script), str(tiny_model_dir), str(tmp_path / "saved")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = sorted(done.stdout.split("\n"))
+    assert "rank0 True" in done.stdout and "rank1 0" in lines, done.stdout
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), original.state_dict().values(),
+                                                 strict=True))

@@ -205,21 +205,34 @@ def _activation_checkpointing(model: torch.nn.Module, enable: bool) -> None:
         model.gradient_checkpointing_disable()
 
 
-def _gathered_state(accelerator: Any, forward: torch.nn.Module) -> dict[str, Any] | None:
-    """The full state dict of a sharded model, gathered once on the main process.
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole state dict of a model sharded with FSDP (1 or 2), on the CPU of rank 0.
 
-    Every process must call this (the gather is a collective). Only sharding engines need it; with
-    one process or DDP each process already holds the whole model. Not exercised by the CPU tests:
-    FSDP and ZeRO-3 need GPUs.
+    Every process must call it (the gather is a collective); the other ranks get ``{}``. On an
+    unsharded model it is simply the state dict.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _gathered_state(accelerator: Any, model: torch.nn.Module, forward: torch.nn.Module) -> dict[str, Any] | None:
+    """The weights to save for a sharded run, gathered once on the main process; ``None`` when
+    every process already holds the whole model (one process, DDP). Every process must call it.
+
+    FSDP goes through :func:`full_state_dict` (tested on CPU processes with FSDP2); DeepSpeed
+    ZeRO-3 through accelerate, which needs GPUs and is untested here.
     """
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    if accelerator.distributed_type == DistributedType.FSDP:
+        state = full_state_dict(model)
+    elif accelerator.distributed_type == DistributedType.DEEPSPEED:
+        state = {name.removeprefix("lm."): tensor  # LMForward's prefix
+                 for name, tensor in (accelerator.get_state_dict(forward) or {}).items()}
+    else:
         return None
-    state = accelerator.get_state_dict(forward)  # names carry LMForward's 'lm.' prefix
-    if not accelerator.is_main_process or state is None:
-        return None
-    return {name.removeprefix("lm."): tensor for name, tensor in state.items()}
+    return state if accelerator.is_main_process else None
 
 
 def shard_frozen(model: torch.nn.Module, mesh: Any = None) -> torch.nn.Module:
@@ -497,7 +510,7 @@ def train(
                 save_state(step_number)
 
     accelerator.wait_for_everyone()
-    full_state = _gathered_state(accelerator, forward)
+    full_state = _gathered_state(accelerator, model, forward)
     if checkpointing:
         _activation_checkpointing(model, False)
     for p in model.parameters():
