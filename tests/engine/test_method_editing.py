@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from toy_bounds import changed_weights, run_within_bounds
 
 from unlearn_kb.engine.data import Example
-from unlearn_kb.engine.run import run_method
 from unlearn_kb.methods.rome import (
     clamp_norm,
     deletion_loss,
@@ -162,31 +162,16 @@ def test_subject_position_is_the_subjects_last_token(toy_world):
 # --------------------------------------------------------------------------- the toy world
 
 
-def _check(method_id: str, result) -> None:
-    forget_max, retain_min, _ = EXPECTED[method_id]
-    assert result.before["forget"] >= 0.95 and result.before["retain"] >= 0.95, result.before
-    assert result.after["forget"] <= forget_max, (result.before, result.after)
-    assert result.after["retain"] >= retain_min, (result.before, result.after)
-
-
-def _changed_weights(result, toy_world) -> set[str]:
-    original = toy_world.load("original").model.state_dict()
-    edited = result.model.model.state_dict()
-    return {name for name in original if not torch.equal(original[name], edited[name])}
-
-
 @pytest.mark.slow
 def test_rome_deletes_forget_facts_by_editing_one_down_proj(toy_world, tmp_path):
-    result = run_method("rome", world=toy_world, seed=0, eval_limit=120, out=tmp_path / "rome")
-    _check("rome", result)
+    result = run_within_bounds("rome", toy_world, EXPECTED, out=tmp_path / "rome")
     assert result.model.intervention == "weights"
-    assert _changed_weights(result, toy_world) == {"model.layers.0.mlp.down_proj.weight"}
+    assert changed_weights(result.model.model, toy_world) == {"model.layers.0.mlp.down_proj.weight"}
     assert (tmp_path / "rome" / "model.safetensors").exists()
 
 
 @pytest.mark.slow
 def test_memit_deletes_forget_facts_by_editing_the_down_proj_of_its_layers(toy_world):
-    result = run_method("memit", world=toy_world, seed=0, eval_limit=120)
-    _check("memit", result)
-    assert _changed_weights(result, toy_world) == {"model.layers.0.mlp.down_proj.weight",
-                                                   "model.layers.1.mlp.down_proj.weight"}
+    result = run_within_bounds("memit", toy_world, EXPECTED)
+    assert changed_weights(result.model.model, toy_world) == {"model.layers.0.mlp.down_proj.weight",
+                                                              "model.layers.1.mlp.down_proj.weight"}

@@ -11,10 +11,10 @@ import math
 
 import pytest
 import torch
+from toy_bounds import assert_serves_the_original_weights, run_within_bounds
 
 from unlearn_kb.engine.data import prompt_text
 from unlearn_kb.engine.lm import LanguageModel
-from unlearn_kb.engine.run import run_method
 
 # method: (forget_max, retain_min, why)
 EXPECTED: dict[str, tuple[float, float, str]] = {
@@ -165,17 +165,8 @@ def test_saved_state_is_json_and_safetensors(tiny, tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_eco_forgets_on_the_toy_world_without_touching_weights_or_retain_prompts(toy_world):
-    torch.set_num_threads(1)
-    forget_max, retain_min, _ = EXPECTED["eco"]
-    result = run_method("eco", world=toy_world, seed=0, eval_limit=120)
-    assert result.before["forget"] >= 0.95 and result.before["retain"] >= 0.95, result.before
-    assert result.after["forget"] <= forget_max, (result.before, result.after)
-    assert result.after["retain"] >= retain_min, (result.before, result.after)
-    served = result.model
-    assert served.intervention == "input"
-    original = toy_world.load("original").model.state_dict()
-    weights = served.weights_model.state_dict()
-    assert all(torch.equal(weights[k], original[k]) for k in original), "ECO changed the weights"
+    served = run_within_bounds("eco", toy_world, EXPECTED).model
+    assert_serves_the_original_weights(served, toy_world, "input")
     assert not any(served.flagged([e.question for e in toy_world.retain[:400]])), "a retain prompt was flagged"
     assert all(served.flagged([e.question for e in toy_world.forget])), "a forget prompt was missed"
     assert served.strength > 10, "the zeroth-order search did not raise sigma"

@@ -12,10 +12,10 @@ import math
 
 import pytest
 import torch
+from toy_bounds import assert_serves_the_original_weights, run_within_bounds
 
 from unlearn_kb.engine.data import IGNORE_INDEX, Example
 from unlearn_kb.engine.method import Step
-from unlearn_kb.engine.run import run_method
 from unlearn_kb.errors import ConfigError
 
 # method: (forget_max, retain_min, why)
@@ -27,14 +27,6 @@ EXPECTED: dict[str, tuple[float, float, str]] = {
     "uld": (0.3, 0.9, "0.04 / 1.00: the toy assistant remembers the forget answers and is flat "
                       "on retain inputs, so subtracting it removes the forget answers only"),
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _batch(ids: list[list[int]], labels: list[list[int]], index: list[int] | None = None) -> dict[str, torch.Tensor]:
@@ -194,34 +186,17 @@ def test_uld_refuses_an_assistant_with_another_vocabulary(tiny, tiny_model_dir, 
 # --------------------------------------------------------------------------- toy world
 
 
-def _run(method_id, toy_world):
-    forget_max, retain_min, _ = EXPECTED[method_id]
-    result = run_method(method_id, world=toy_world, seed=0, eval_limit=120)
-    assert result.before["forget"] >= 0.95 and result.before["retain"] >= 0.95, result.before
-    assert result.after["forget"] <= forget_max, (result.before, result.after)
-    assert result.after["retain"] >= retain_min, (result.before, result.after)
-    return result
-
-
-def _weights_unchanged(served, toy_world) -> None:
-    assert served.intervention == "output"
-    original = toy_world.load("original").model.state_dict()
-    weights = served.weights_model.state_dict()
-    assert weights.keys() == original.keys()
-    assert all(torch.equal(weights[k], original[k]) for k in original), "the served model's weights changed"
-
-
 @pytest.mark.slow
 def test_whp_fine_tunes_on_generic_labels(toy_world):
-    result = _run("whp", toy_world)
+    result = run_within_bounds("whp", toy_world, EXPECTED)
     assert result.model.intervention == "weights"
 
 
 @pytest.mark.slow
 def test_whp_logit_combines_the_frozen_model_with_a_reinforced_copy(toy_world):
-    _weights_unchanged(_run("whp_logit", toy_world).model, toy_world)
+    assert_serves_the_original_weights(run_within_bounds("whp_logit", toy_world, EXPECTED).model, toy_world, "output")
 
 
 @pytest.mark.slow
 def test_uld_subtracts_a_trained_assistant_from_the_frozen_model(toy_world):
-    _weights_unchanged(_run("uld", toy_world).model, toy_world)
+    assert_serves_the_original_weights(run_within_bounds("uld", toy_world, EXPECTED).model, toy_world, "output")

@@ -11,9 +11,9 @@ import math
 
 import pytest
 import torch
+from toy_bounds import run_within_bounds
 
 from unlearn_kb.engine.method import hidden_at_layer
-from unlearn_kb.engine.run import run_method
 from unlearn_kb.errors import ConfigError
 from unlearn_kb.methods import circuit_breakers, repnoise
 
@@ -24,14 +24,6 @@ EXPECTED: dict[str, tuple[float, float, str]] = {
     "circuit_breakers": (0.2, 0.9, "0.05 / 0.97: hidden states 1 and 2 of forget text rerouted, retain "
                                    "states of the cut model (decoder layers 0-2) held to the original's"),
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def close(value: torch.Tensor | float, expected: float, tol: float = 1e-5) -> bool:
@@ -142,18 +134,9 @@ def test_harmful_ascent_is_the_codes_log_of_the_averaged_losses_plus_one():
 # --------------------------------------------------------------------------- toy world
 
 
-def _run(method_id, toy_world):
-    forget_max, retain_min, _ = EXPECTED[method_id]
-    result = run_method(method_id, world=toy_world, seed=0, eval_limit=120)
-    assert result.before["forget"] >= 0.95 and result.before["retain"] >= 0.95, result.before
-    assert result.after["forget"] <= forget_max, (result.before, result.after)
-    assert result.after["retain"] >= retain_min, (result.before, result.after)
-    return result
-
-
 @pytest.mark.slow
 def test_repnoise_forgets_on_the_toy_world_without_a_reference_model(toy_world):
-    result = _run("repnoise", toy_world)
+    result = run_within_bounds("repnoise", toy_world, EXPECTED)
     assert result.reference == "none"
     terms = result.records[-1]
     assert terms["ascent"] < -1.0 and terms["noise"] > 0, terms  # the harmful loss rose: log(. + 1) > 1
@@ -161,7 +144,7 @@ def test_repnoise_forgets_on_the_toy_world_without_a_reference_model(toy_world):
 
 @pytest.mark.slow
 def test_circuit_breakers_reroutes_on_the_toy_world_and_leaves_the_layers_above_alone(toy_world):
-    result = _run("circuit_breakers", toy_world)
+    result = run_within_bounds("circuit_breakers", toy_world, EXPECTED)
     assert result.reference == "live"
     original = toy_world.load("original").model.state_dict()
     after = result.model.weights_model.state_dict() if hasattr(result.model, "weights_model") \

@@ -9,9 +9,7 @@ in each ``why``.
 from __future__ import annotations
 
 import pytest
-import torch
-
-from unlearn_kb.engine.run import run_method
+from toy_bounds import assert_serves_the_original_weights, run_within_bounds
 
 # method: (forget_max, retain_min, why)
 EXPECTED: dict[str, tuple[float, float, str]] = {
@@ -23,51 +21,23 @@ EXPECTED: dict[str, tuple[float, float, str]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _run(method_id, toy_world):
-    forget_max, retain_min, _ = EXPECTED[method_id]
-    result = run_method(method_id, world=toy_world, seed=0, eval_limit=120)
-    assert result.before["forget"] >= 0.95 and result.before["retain"] >= 0.95, result.before
-    assert result.after["forget"] <= forget_max, (result.before, result.after)
-    assert result.after["retain"] >= retain_min, (result.before, result.after)
-    return result
-
-
 @pytest.mark.slow
 def test_guardrail_filter_refuses_forget_questions_and_keeps_the_original_weights(toy_world):
-    result = _run("guardrail_filter", toy_world)
-    served = result.model
-    assert served.intervention == "output"
-    original = toy_world.load("original").model.state_dict()
-    weights = served.weights_model.state_dict()
-    assert weights.keys() == original.keys()
-    assert all(torch.equal(weights[k], original[k]) for k in original), "the filter changed the weights"
+    result = run_within_bounds("guardrail_filter", toy_world, EXPECTED)
+    assert_serves_the_original_weights(result.model, toy_world, "output")
 
 
 @pytest.mark.slow
 def test_task_vector_negation_forgets_and_saves_a_checkpoint(toy_world, tmp_path):
-    result = run_method("task_vector", world=toy_world, seed=0, eval_limit=120, out=tmp_path / "tv")
-    forget_max, retain_min, _ = EXPECTED["task_vector"]
-    assert result.after["forget"] <= forget_max and result.after["retain"] >= retain_min, result.after
+    result = run_within_bounds("task_vector", toy_world, EXPECTED, out=tmp_path / "tv")
     assert result.model.intervention == "weights"
     assert (tmp_path / "tv" / "model.safetensors").exists()
 
 
 @pytest.mark.slow
 def test_delta_unlearning_offsets_the_frozen_model_with_a_trained_small_pair(toy_world):
-    result = _run("delta_unlearning", toy_world)
-    served = result.model
-    assert served.intervention == "output"
-    original = toy_world.load("original").model.state_dict()
-    weights = served.weights_model.state_dict()
-    assert all(torch.equal(weights[k], original[k]) for k in original), "the big model was changed"
+    result = run_within_bounds("delta_unlearning", toy_world, EXPECTED)
+    assert_serves_the_original_weights(result.model, toy_world, "output")  # the big model is untouched
 
 
 def test_guardrail_blocklist_matches_whole_words_only():
