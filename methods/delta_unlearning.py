@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -88,13 +88,8 @@ class OffsetServed(LanguageModel):
     small: Any = None
     small_frozen: Any = None
 
-    @property
-    def intervention(self) -> str:
-        return "output"
+    intervention: ClassVar[str] = "output"
 
-    @property
-    def weights_model(self) -> Any:
-        return self.model  # the unchanged big model
 
     def adjust_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       logits: torch.Tensor) -> torch.Tensor:

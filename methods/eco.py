@@ -61,7 +61,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -240,13 +240,8 @@ class ECOModel(LanguageModel):
     names: list[list[int]] = field(default_factory=list)  # gazetteer: token ids of entity names
     _plan: Plan | None = field(default=None, init=False, repr=False)
 
-    @property
-    def intervention(self) -> str:
-        return "input"
+    intervention: ClassVar[str] = "input"
 
-    @property
-    def weights_model(self) -> Any:
-        return self.model  # the unchanged original
 
     # ---------------------------------------------------------------- the classifier
 

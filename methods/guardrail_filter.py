@@ -32,7 +32,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from unlearn_kb.engine.data import Example
 from unlearn_kb.engine.lm import LanguageModel
@@ -86,13 +86,8 @@ class FilteredModel(LanguageModel):
     def __post_init__(self) -> None:
         self._pattern = compile_blocklist(self.terms)
 
-    @property
-    def intervention(self) -> str:
-        return "output"
+    intervention: ClassVar[str] = "output"
 
-    @property
-    def weights_model(self) -> Any:
-        return self.model  # the unchanged original
 
     def blocks(self, question: str, answer: str) -> bool:
         return ((self.filter_side in ("input", "both") and mentions(question, self._pattern))

@@ -51,7 +51,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -188,13 +188,8 @@ class ULDServed(LanguageModel):
     top_logit_filter: float = 0.0
     generating: bool = field(default=False, repr=False)
 
-    @property
-    def intervention(self) -> str:
-        return "output"
+    intervention: ClassVar[str] = "output"
 
-    @property
-    def weights_model(self) -> Any:
-        return self.model  # the unchanged target
 
     def adjust_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       logits: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -69,13 +69,8 @@ class ReinforcedServed(LanguageModel):
     reinforced: Any = None
     alpha: float = 1.0
 
-    @property
-    def intervention(self) -> str:
-        return "output"
+    intervention: ClassVar[str] = "output"
 
-    @property
-    def weights_model(self) -> Any:
-        return self.model  # the unchanged base model
 
     def adjust_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       logits: torch.Tensor) -> torch.Tensor:

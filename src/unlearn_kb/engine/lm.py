@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from unlearn_kb.engine.data import IGNORE_INDEX, Example, collate, encode_all, prompt_text
 
@@ -33,6 +33,10 @@ class LanguageModel:
     max_length: int = 256
     batch_size: int = 64
 
+    intervention: ClassVar[str] = "weights"
+    """'weights' if the weights themselves were changed, else where a wrapper acts ('input',
+    'output'). A wrapper keeps ``model`` = the original, so ``weights_model`` needs no override."""
+
     # ------------------------------------------------------------ honest disclosure
 
     @property
@@ -49,10 +53,6 @@ class LanguageModel:
         """
         return True
 
-    @property
-    def intervention(self) -> str:
-        """'weights' if the weights themselves were changed, else where the wrapper acts."""
-        return "weights"
 
     # ------------------------------------------------------------ hooks for wrappers
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from unlearn_kb.engine.lm import LanguageModel
 
@@ -39,9 +39,7 @@ class OutputGuardrail(LanguageModel):
         return cls(model=lm.model, tokenizer=lm.tokenizer, max_length=lm.max_length, batch_size=lm.batch_size,
                    blocked=frozenset(entities), refusal=refusal)
 
-    @property
-    def intervention(self) -> str:
-        return "output"
+    intervention: ClassVar[str] = "output"
 
     def _names_blocked(self, text: str) -> bool:
         words = set(text.replace("?", " ").replace(".", " ").split())
