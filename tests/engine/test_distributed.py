@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from processes import interrupt, run_ok, torchrun
 
 # NPO without its retain term: the loss is a mean over sequences, so the mean of two shards of
 # equal size is exactly the mean of the whole batch; what remains is float summation order.
@@ -19,18 +18,15 @@ ARGS = ["run", "npo", "--steps", "4", "--set", "alpha=0", "--set", "grad_accum=1
 
 def _run(tmp_path: Path, name: str, launcher: list[str], batch_size: int) -> list[dict]:
     out = tmp_path / name
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    result = subprocess.run([*launcher, "-m", "unlearn_kb", *ARGS, "--set", f"batch_size={batch_size}",
-                             "--out", str(out)], capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ok([*launcher, "-m", "unlearn_kb", *ARGS, "--set", f"batch_size={batch_size}", "--out", str(out)],
+           timeout=900)
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(toy_world, tmp_path):
     single = _run(tmp_path, "single", [sys.executable], batch_size=16)
-    double = _run(tmp_path, "double", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                       "--master_port", "29517"], batch_size=8)
+    double = _run(tmp_path, "double", torchrun(29517), batch_size=8)
     assert len(single) == len(double) == 4
     for one, two in zip(single, double, strict=True):
         assert one["tokens"] == two["tokens"]  # the same examples went into each step
@@ -73,11 +69,7 @@ def test_a_sharded_frozen_reference_gives_the_full_models_outputs_and_holds_a_sh
     """FSDP2 on two gloo processes: what a GPU FSDP run uses for GA+KL's, UNDIAL's and RMU's reference."""
     script = tmp_path / "sharded.py"
     script.write_text(SHARDED_REFERENCE)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29519", str(script), str(tiny_model_dir)], capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_ok(torchrun(29519, str(script), str(tiny_model_dir)), timeout=300)
     rows = [line.split() for line in done.stdout.splitlines() if line.strip()]
     assert len(rows) == 2  # one per process
     for logits_gap, hidden_gap, held, total in rows:
@@ -90,7 +82,6 @@ def test_two_processes_interrupted_by_sigterm_resume_to_the_same_weights(tiny_mo
     """A pre-empted multi-process job: torchrun forwards SIGTERM, the ranks agree to stop after the
     same step, rank 0 saves the checkpoint, and a resumed two-process run ends bit-identical."""
     import signal
-    import time
 
     import torch
     from safetensors.torch import load_file
@@ -103,35 +94,18 @@ def test_two_processes_interrupted_by_sigterm_resume_to_the_same_weights(tiny_mo
     forget, retain = examples()
     write_jsonl(tmp_path / "forget.jsonl", forget)
     write_jsonl(tmp_path / "retain.jsonl", retain)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def command(out: str, port: int, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-                "-m", "unlearn_kb", "run", "npo", "--model", str(tiny_model_dir), "--forget",
-                str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl"), "--steps", "300",
-                "--seed", "3", "--set", "batch_size=1", "--set", "grad_accum=2", "--set", "lr=1e-3",
-                "--out", str(tmp_path / out), *extra]
+        return torchrun(port, "-m", "unlearn_kb", "run", "npo", "--model", str(tiny_model_dir), "--forget",
+                        str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl"), "--steps",
+                        "300", "--seed", "3", "--set", "batch_size=1", "--set", "grad_accum=2", "--set", "lr=1e-3",
+                        "--out", str(tmp_path / out), *extra)
 
-    whole = subprocess.run(command("whole", 29521), capture_output=True, text=True, env=env, timeout=600)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-
-    process = subprocess.Popen(command("cut", 29522), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, env=env)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        logs = list(tmp_path.glob(".cut.partial-*/log.jsonl"))
-        if logs and len(logs[0].read_text().splitlines()) >= 10:
-            break
-        assert process.poll() is None, "the run ended before it could be interrupted"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=300)
-    assert "interrupted by SIGTERM after step" in stderr, stderr[-3000:]
+    run_ok(command("whole", 29521))
+    stopped = interrupt(command("cut", 29522), tmp_path / "cut", signal.SIGTERM, after_step=10)
+    assert "interrupted by SIGTERM after step" in stopped.stderr, stopped.stderr[-3000:]
     assert not (tmp_path / "cut").exists()
-
-    resumed = subprocess.run(command("cut", 29523, "--resume", str(tmp_path / "cut.checkpoint")),
-                             capture_output=True, text=True, env=env, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_ok(command("cut", 29523, "--resume", str(tmp_path / "cut.checkpoint")))
     expected, got = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed weights differ"
 
@@ -167,11 +141,7 @@ def test_a_sharded_model_is_gathered_once_on_rank_0_and_saves_as_a_plain_checkpo
 
     script = tmp_path / "gather.py"
     script.write_text(GATHERED_SAVE)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29524", str(script), str(tiny_model_dir), str(tmp_path / "saved")],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_ok(torchrun(29524, str(script), str(tiny_model_dir), str(tmp_path / "saved")), timeout=300)
     lines = sorted(done.stdout.split("\n"))
     assert "rank0 True" in done.stdout and "rank1 0" in lines, done.stdout
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")

@@ -8,15 +8,14 @@ while it trains, as a user's Ctrl-C or a cluster's pre-emption would.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from processes import environment, interrupt, run_ok
 from safetensors.torch import load_file
 
 from unlearn_kb.engine.checkpoint import load_checkpoint
@@ -43,7 +42,7 @@ def data_files(tmp_path_factory):
 def uninterrupted(tiny_model_dir, data_files, tmp_path_factory) -> Path:
     """The same run, never interrupted: the weights a resumed run must end with."""
     out = tmp_path_factory.mktemp("uninterrupted") / "whole"
-    _run(_command(tiny_model_dir, data_files, out))
+    run_ok(_command(tiny_model_dir, data_files, out))
     return out
 
 
@@ -54,40 +53,6 @@ def _command(model: Path, data: tuple[Path, Path], out: Path, *extra: str) -> li
             "--set", "batch_size=2", "--set", "grad_accum=2", "--set", "lr=1e-3", *extra]
 
 
-def _environment() -> dict[str, str]:
-    # One thread in every process: CPU float sums are then reproducible bit for bit.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
-
-def _run(command: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=_environment())
-    assert done.returncode == 0, done.stderr
-    return done
-
-
-def _interrupt(command: list[str], out: Path, signum: int, after_step: int = 5) -> subprocess.CompletedProcess:
-    """Start the run, wait until its log shows ``after_step`` steps, send ``signum``; return the result."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=_environment())
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:
-            logs = list(out.parent.glob(f".{out.name}.partial-*/log.jsonl"))
-            if logs and len(logs[0].read_text().splitlines()) >= after_step:
-                process.send_signal(signum)
-                break
-            if process.poll() is not None:
-                pytest.fail(f"the run ended before it could be interrupted: {process.communicate()[1]}")
-            time.sleep(0.02)
-        else:
-            pytest.fail("the run never reached the step to interrupt")
-        stdout, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
@@ -96,7 +61,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_a_signal_saves_a_checkpoint_and_resume_ends_with_the_same_weights(signum, tiny_model_dir, data_files,
                                                                           uninterrupted, tmp_path):
     out = tmp_path / "interrupted"
-    stopped = _interrupt(_command(tiny_model_dir, data_files, out), out, signum)
+    stopped = interrupt(_command(tiny_model_dir, data_files, out), out, signum)
     assert stopped.returncode == 128 + signum, stopped.stderr
     assert "Traceback" not in stopped.stderr
     checkpoint = tmp_path / "interrupted.checkpoint"
@@ -105,7 +70,7 @@ def test_a_signal_saves_a_checkpoint_and_resume_ends_with_the_same_weights(signu
     state = load_checkpoint(checkpoint)
     assert 5 <= state.step < STEPS and len(state.records) == state.step
 
-    _run(_command(tiny_model_dir, data_files, out, "--resume", str(checkpoint)))
+    run_ok(_command(tiny_model_dir, data_files, out, "--resume", str(checkpoint)))
     expected, resumed = _weights(uninterrupted), _weights(out)
     assert expected.keys() == resumed.keys()
     different = [name for name in expected if not torch.equal(expected[name], resumed[name])]
@@ -195,7 +160,7 @@ def test_kill_9_while_saving_leaves_no_output_and_loaders_refuse_the_leftover(ti
 
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(tiny_model_dir), str(out)],
-                               stdout=subprocess.PIPE, text=True, env=_environment())
+                               stdout=subprocess.PIPE, text=True, env=environment())
     try:
         assert process.stdout.readline().strip() == "weights written"
         process.send_signal(signal.SIGKILL)
