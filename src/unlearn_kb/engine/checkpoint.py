@@ -41,7 +41,7 @@ import torch
 from unlearn_kb.errors import UserError
 
 FORMAT = "unlearn-kb-checkpoint/1"
-RESUMABLE_CHANGES = frozenset({"lr", "clip", "steps", "epochs"})
+RESUMABLE_CHANGES = frozenset({"lr", "clip", "steps", "epochs", "checkpoint_every"})
 """Run settings a resumed run may change (e.g. a lower learning rate after a divergence); every
 other setting, the method config, the seed and the data must match the checkpoint."""
 
@@ -307,5 +307,3 @@ class CheckpointPlan:
 
     folder: Path
     identity: dict[str, Any]
-    every: int = 0
-    """Also save every this many optimizer steps (0: only on interruption and divergence)."""

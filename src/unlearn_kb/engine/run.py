@@ -371,9 +371,10 @@ def run_method(
     Ctrl-C or SIGTERM stops a gradient method's training after the current step and saves a
     checkpoint (``<out>.checkpoint``, or ``runs/<method>-<time>.checkpoint`` without ``out``);
     ``resume`` names such a checkpoint to continue from. The same method, model, data, seed and
-    settings are required (only lr, clip, steps and epochs may change); the result equals that
-    of an uninterrupted run. A checkpoint is removed once its run has finished. ``checkpoints=False``
-    saves none (for callers that cannot resume a single run, such as ``bench``).
+    settings are required, except those in :data:`~unlearn_kb.engine.checkpoint.RESUMABLE_CHANGES`
+    (e.g. lr); the result equals that of an uninterrupted run. A checkpoint is removed once its run
+    has finished. ``checkpoints=False`` saves none (for callers that cannot resume a single run,
+    such as ``bench``).
     """
     from unlearn_kb.engine.lm import LanguageModel
     from unlearn_kb.engine.models import OutputFolder, load_model, writes_output
@@ -431,13 +432,12 @@ def run_method(
     if resume is not None:
         resumed = load_checkpoint(Path(resume))
         changed = check_identity(resumed.identity, identity, Path(resume))
-    if resume is not None:
         checkpoint_folder = Path(resume)
     elif out is not None:
         checkpoint_folder = Path(out).parent / f"{Path(out).name}.checkpoint"
     else:
         checkpoint_folder = Path("runs") / f"{record.id}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.checkpoint"
-    plan = CheckpointPlan(checkpoint_folder, identity, every=settings.run.checkpoint_every) if checkpoints else None
+    plan = CheckpointPlan(checkpoint_folder, identity) if checkpoints else None
 
     lm_model, tokenizer = load_model(model_path, dtype=dtype, trust_remote_code=trust_remote_code,
                                      allow_pickle=allow_pickle)

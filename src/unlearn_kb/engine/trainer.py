@@ -505,7 +505,7 @@ def train(
             stop = stop_signal(stops)
             if stop is not None and step_number < total:  # on the last step, finishing is quicker
                 raise Interrupted(signal.Signals(stop).name, stop, step_number, total, save_state(step_number))
-            if checkpoint is not None and checkpoint.every and step_number % checkpoint.every == 0 \
+            if checkpoint is not None and run.checkpoint_every and step_number % run.checkpoint_every == 0 \
                     and step_number < total:
                 save_state(step_number)
 
