@@ -18,7 +18,7 @@ from typing import Any
 
 from unlearn_kb.errors import UserError
 from unlearn_kb.evaluation.measure import EvalConfig, EvalData
-from unlearn_kb.evaluation.suite import MeasurementCache, Report, evaluate
+from unlearn_kb.evaluation.suite import MeasurementCache, Report, evaluate, finite_json
 from unlearn_kb.schema import MeasuredResult
 
 Log = Callable[[str], None]
@@ -32,17 +32,7 @@ def result_figures(report: Report) -> dict[str, Any]:
                                            "gap": check.gap, "tolerance": check.tolerance,
                                            "passed": check.passed}
     figures["verdict (holdout-based)"] = report.holdout_verdict.value if report.holdout_verdict else None
-    return _clean(figures)
-
-
-def _clean(value: Any) -> Any:
-    import math
-
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    return value
+    return finite_json(figures)  # type: ignore[return-value]
 
 
 def _versions() -> dict[str, str]:

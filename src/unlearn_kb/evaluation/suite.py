@@ -53,17 +53,17 @@ class Report:
         out["holdout_verdict"] = self.holdout_verdict.value if self.holdout_verdict else None
         out["checks"] = [c.to_dict() for c in self.checks]
         out["holdout_checks"] = [c.to_dict() for c in self.holdout_checks]
-        return _finite(out)
+        return finite_json(out)
 
 
-def _finite(value: object) -> object:
+def finite_json(value: object) -> object:
     """NaN and infinities become None, so report.json is strict JSON."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [finite_json(v) for v in value]
     return value
 
 
@@ -306,7 +306,7 @@ def evaluate(
         holdout_verdict=holdout_decision.verdict if mode == "reference" else None,
         holdout_decided_by=holdout_decision.decided_by if mode == "reference" else "",
         holdout_checks=holdout_checks, timings=timings, skipped=skipped, notes=notes,
-        config=_finite(asdict(config)),  # type: ignore[arg-type]
+        config=finite_json(asdict(config)),  # type: ignore[arg-type]
         data={"label": data.label, "forget": len(data.forget), "retain": len(data.retain),
               "holdout": len(data.holdout), "forget_facts": m_model.counts.get("forget"),
               "holdout_facts": m_model.counts.get("holdout")},
