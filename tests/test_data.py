@@ -51,6 +51,18 @@ def test_missing_answer_is_named(tmp_path):
         read_examples(path)
 
 
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"answer": "a1"}', "missing 'question'"),
+    ("{}", "missing 'question' and 'answer'"),
+    ('{"text": ""}', "'text' must be a non-empty string"),
+])
+def test_a_line_without_question_answer_or_text_is_named(tmp_path, line, message):
+    path = tmp_path / "forget.jsonl"
+    path.write_text('{"question": "q1", "answer": "a1"}\n' + line + "\n")
+    with pytest.raises(DataError, match=f"forget.jsonl:2: {message}"):
+        read_examples(path)
+
+
 def test_empty_forget_set_is_an_error(tmp_path):
     path = tmp_path / "forget.jsonl"
     path.write_text("\n\n")
