@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 
 from unlearn_kb.engine.data import Example
-from unlearn_kb.engine.lm import LanguageModel
+from unlearn_kb.engine.lm import LanguageModel, left_padded_positions
 from unlearn_kb.engine.method import BuildMethod, Built, GradientMethod
 from unlearn_kb.errors import ConfigError
 
@@ -49,15 +49,10 @@ class Config:
     offset_model: str  # the small model: a checkpoint folder, or "assistant" for the toy world's
 
 
-def positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip left padding, ``(B, T)``: what the big model gets while generating."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 def offset_logits(small: torch.nn.Module, small_frozen: torch.nn.Module, input_ids: torch.Tensor,
                   attention_mask: torch.Tensor) -> torch.Tensor:
     """``z_phi - z_phi0`` for every position, ``(B, T, V)``; no gradient reaches ``small_frozen``."""
-    pos = positions(attention_mask)
+    pos = left_padded_positions(attention_mask)
     z = small(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False).logits
     with torch.no_grad():
         z0 = small_frozen(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
@@ -76,7 +71,7 @@ class OffsetModel(torch.nn.Module):
                 **_: Any) -> SimpleNamespace:
         with torch.no_grad():
             z_big = self.big(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=positions(attention_mask), use_cache=False).logits  # (B, T, V)
+                             position_ids=left_padded_positions(attention_mask), use_cache=False).logits  # (B, T, V)
         return SimpleNamespace(logits=z_big + offset_logits(self.small, self.small_frozen, input_ids,
                                                             attention_mask))
 
@@ -89,7 +84,6 @@ class OffsetServed(LanguageModel):
     small_frozen: Any = None
 
     intervention: ClassVar[str] = "output"
-
 
     def adjust_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       logits: torch.Tensor) -> torch.Tensor:

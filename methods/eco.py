@@ -242,7 +242,6 @@ class ECOModel(LanguageModel):
 
     intervention: ClassVar[str] = "input"
 
-
     # ---------------------------------------------------------------- the classifier
 
     def prompt_ids(self, question: str) -> list[int]:

@@ -88,7 +88,6 @@ class FilteredModel(LanguageModel):
 
     intervention: ClassVar[str] = "output"
 
-
     def blocks(self, question: str, answer: str) -> bool:
         return ((self.filter_side in ("input", "both") and mentions(question, self._pattern))
                 or (self.filter_side in ("output", "both") and mentions(answer, self._pattern)))

@@ -56,10 +56,9 @@ from typing import Any, ClassVar
 import torch
 
 from unlearn_kb.engine.data import Example
-from unlearn_kb.engine.lm import LanguageModel
+from unlearn_kb.engine.lm import LanguageModel, side_logits
 from unlearn_kb.engine.method import BuildMethod, Built, GradientMethod, Step, nll, token_mean
 from unlearn_kb.errors import ConfigError
-from unlearn_kb.methods.delta_unlearning import positions
 
 LORA_ALPHA = 32.0  # configs/model_mode/uld.yaml
 LORA_DROPOUT = 0.05  # configs/model_mode/uld.yaml
@@ -190,15 +189,10 @@ class ULDServed(LanguageModel):
 
     intervention: ClassVar[str] = "output"
 
-
     def adjust_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       logits: torch.Tensor) -> torch.Tensor:
-        # The assistant reruns on the whole sequence (no KV cache); the last positions match.
-        with torch.no_grad():
-            z_a = self.assistant(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=positions(attention_mask), use_cache=False).logits
-        combined, mask = uld_logits(logits.float(), z_a[:, -logits.shape[1]:].float(), self.weight,
-                                    self.top_logit_filter)
+        z_a = side_logits(self.assistant, input_ids, attention_mask, logits.shape[1])
+        combined, mask = uld_logits(logits.float(), z_a.float(), self.weight, self.top_logit_filter)
         if self.generating:  # ULD's greedy search excludes filtered tokens; its forward does not
             combined = combined.masked_fill(mask, FILTERED)
         return combined.to(logits.dtype)

@@ -35,9 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from unlearn_kb.engine.data import Example
-from unlearn_kb.engine.lm import LanguageModel
+from unlearn_kb.engine.lm import LanguageModel, side_logits
 from unlearn_kb.engine.method import BuildMethod, Built
-from unlearn_kb.methods.delta_unlearning import positions
 from unlearn_kb.methods.task_vector import FineTuneConfig, ForgetFineTune
 
 
@@ -71,15 +70,10 @@ class ReinforcedServed(LanguageModel):
 
     intervention: ClassVar[str] = "output"
 
-
     def adjust_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       logits: torch.Tensor) -> torch.Tensor:
-        # With a KV cache the base returns logits for the last positions only; the reinforced
-        # model sees the whole sequence and the matching last positions are taken.
-        with torch.no_grad():
-            z_reinf = self.reinforced(input_ids=input_ids, attention_mask=attention_mask,
-                                      position_ids=positions(attention_mask), use_cache=False).logits
-        return generic_logits(logits, z_reinf[:, -logits.shape[1]:].to(logits.dtype), self.alpha)
+        z_reinf = side_logits(self.reinforced, input_ids, attention_mask, logits.shape[1])
+        return generic_logits(logits, z_reinf.to(logits.dtype), self.alpha)
 
 
 class WHPLogit(BuildMethod):

@@ -123,7 +123,7 @@ class LanguageModel:
         import torch
 
         eos = self.tokenizer.eos_token_id
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        positions = left_padded_positions(attention_mask)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         past = None
         step_ids, step_pos = input_ids, positions
@@ -163,6 +163,28 @@ class LanguageModel:
         finally:
             self.tokenizer.padding_side = side
         return torch.cat(chunks, dim=1)
+
+
+def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding, ``(B, T)``: what the served model gets while generating."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def side_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                last: int) -> torch.Tensor:
+    """Another model's logits (an assistant, a reinforced copy) for the last ``last`` positions,
+    ``(B, last, V)``, without gradients.
+
+    An output-level wrapper combines them with the served model's logits in
+    :meth:`LanguageModel.adjust_logits`. Generation gives the served model a KV cache, so it
+    returns only the newest positions; the side model has no cache and reruns the whole sequence.
+    """
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=left_padded_positions(attention_mask), use_cache=False).logits
+    return logits[:, -last:]
 
 
 def _cache_kwargs(model: PreTrainedModel, past: object) -> dict[str, object]:
