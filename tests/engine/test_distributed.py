@@ -59,7 +59,8 @@ with torch.no_grad():
     expected_hidden = LMForward(model)(ids, mask, stop_at_layer=1)
 held = sum(p.to_local().numel() for p in sharded.lm.parameters() if hasattr(p, "to_local"))
 total = sum(p.numel() for p in model.parameters())
-print(float((logits - whole).abs().max()), float((hidden - expected_hidden).abs().max()), held, total)
+report = f"{float((logits - whole).abs().max())} {float((hidden - expected_hidden).abs().max())} {held} {total}"
+open(f"{sys.argv[2]}/rank{dist.get_rank()}.txt", "w").write(report)  # one file per rank: prints interleave
 dist.destroy_process_group()
 """
 
@@ -69,8 +70,8 @@ def test_a_sharded_frozen_reference_gives_the_full_models_outputs_and_holds_a_sh
     """FSDP2 on two gloo processes: what a GPU FSDP run uses for GA+KL's, UNDIAL's and RMU's reference."""
     script = tmp_path / "sharded.py"
     script.write_text(SHARDED_REFERENCE)
-    done = run_ok(torchrun(29519, str(script), str(tiny_model_dir)), timeout=300)
-    rows = [line.split() for line in done.stdout.splitlines() if line.strip()]
+    run_ok(torchrun(29519, str(script), str(tiny_model_dir), str(tmp_path)), timeout=300)
+    rows = [(tmp_path / f"rank{rank}.txt").read_text().split() for rank in (0, 1)]
     assert len(rows) == 2  # one per process
     for logits_gap, hidden_gap, held, total in rows:
         assert float(logits_gap) < 1e-5 and float(hidden_gap) < 1e-5
@@ -127,9 +128,8 @@ state = full_state_dict(model)
 if dist.get_rank() == 0:
     same = state.keys() == whole.keys() and all(torch.equal(state[k], whole[k]) for k in whole)
     model.save_pretrained(sys.argv[2], state_dict=state)
-    print("rank0", same, len(state))
-else:
-    print("rank1", len(state))
+open(f"{sys.argv[2]}.rank{dist.get_rank()}.txt", "w").write(  # one file per rank: prints interleave
+    f"{same} {len(state)}" if dist.get_rank() == 0 else f"{len(state)}")
 dist.destroy_process_group()
 """
 
@@ -141,9 +141,9 @@ def test_a_sharded_model_is_gathered_once_on_rank_0_and_saves_as_a_plain_checkpo
 
     script = tmp_path / "gather.py"
     script.write_text(GATHERED_SAVE)
-    done = run_ok(torchrun(29524, str(script), str(tiny_model_dir), str(tmp_path / "saved")), timeout=300)
-    lines = sorted(done.stdout.split("\n"))
-    assert "rank0 True" in done.stdout and "rank1 0" in lines, done.stdout
+    run_ok(torchrun(29524, str(script), str(tiny_model_dir), str(tmp_path / "saved")), timeout=300)
+    rank0, rank1 = ((tmp_path / f"saved.rank{rank}.txt").read_text() for rank in (0, 1))
+    assert rank0.startswith("True ") and rank1 == "0", (rank0, rank1)  # gathered whole on rank 0 only
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
     original = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), original.state_dict().values(),
