@@ -50,9 +50,34 @@ def test_only_the_adapter_trains_and_the_merged_model_differs_from_the_base(tiny
         if "lora_" not in name:
             original = name.replace(".base_layer", "")
             assert torch.equal(p, before[original]), f"{name} changed"
-    merged = for_saving(wrapped, LoraSpec())
+    # What a sharded run saves (the merge done on the gathered tensors) equals peft's own merge.
+    adapted = {name: t.detach().clone() for name, t in wrapped.state_dict().items()}
+    base_for_gathered, from_gathered = for_saving(wrapped, LoraSpec(r=2, alpha=4.0), gathered=adapted)
+    assert base_for_gathered is base
+    merged, weights = for_saving(wrapped, LoraSpec(r=2, alpha=4.0))
+    assert weights is None
     assert not any("lora_" in name for name, _ in merged.named_parameters())
     assert any(not torch.equal(p, before[name]) for name, p in merged.named_parameters())
+    plain = merged.state_dict()
+    assert sorted(from_gathered) == sorted(plain)
+    for name, tensor in plain.items():
+        assert torch.allclose(from_gathered[name], tensor, rtol=0, atol=1e-6), name
+
+
+def test_merged_weights_adds_the_scaled_low_rank_product_by_hand():
+    """W + (alpha / r) B A on a 2 x 2 layer with r = 1, alpha = 2: scale 2."""
+    from unlearn_kb.engine.lora import merged_weights
+
+    prefix = "base_model.model.layer.q_proj"
+    state = {f"{prefix}.base_layer.weight": torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+             f"{prefix}.lora_A.default.weight": torch.tensor([[1.0, 2.0]]),    # (r, in)
+             f"{prefix}.lora_B.default.weight": torch.tensor([[0.5], [-1.0]]),  # (out, r)
+             "base_model.model.norm.weight": torch.tensor([3.0, 4.0])}
+    merged = merged_weights(state, LoraSpec(r=1, alpha=2.0))
+    # B A = [[0.5, 1], [-1, -2]]; times 2 = [[1, 2], [-2, -4]]; plus the identity.
+    assert torch.equal(merged["layer.q_proj.weight"], torch.tensor([[2.0, 2.0], [-2.0, -3.0]]))
+    assert torch.equal(merged["norm.weight"], torch.tensor([3.0, 4.0]))
+    assert sorted(merged) == ["layer.q_proj.weight", "norm.weight"]
 
 
 @pytest.mark.slow
@@ -99,3 +124,15 @@ def test_a_lora_run_reads_its_reference_with_the_adapter_off_and_keeps_no_copy(t
     wrapped.train()
     reference(batch["input_ids"], batch["attention_mask"])
     assert wrapped.training, "the reference runs in eval mode and gives train mode back"
+
+
+def test_the_adapter_is_drawn_from_the_seed(tiny):
+    """Reproducible runs, and every process of a sharded run starts from the same adapter."""
+    import copy
+
+    model, _ = tiny
+    draws = [add_adapter(copy.deepcopy(model), LoraSpec(r=2, targets=("q_proj",)), seed=seed)[0]
+             for seed in (0, 0, 1)]
+    a = [{n: p for n, p in m.named_parameters() if "lora_A" in n} for m in draws]
+    assert a[0] and all(torch.equal(a[0][n], a[1][n]) for n in a[0])
+    assert not all(torch.equal(a[0][n], a[2][n]) for n in a[0])

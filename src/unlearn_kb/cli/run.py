@@ -148,6 +148,8 @@ def run(
         )
     finally:
         bar.stop()
+    if not result.main_process:
+        return  # the other processes of a multi-process run: the main one reports and evaluates
     _print_summary(result)
     if evaluate:
         from unlearn_kb.evaluation import evaluate_run

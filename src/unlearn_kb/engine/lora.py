@@ -67,8 +67,13 @@ def parse_lora(text: str) -> LoraSpec:
     return spec
 
 
-def add_adapter(model: Any, spec: LoraSpec) -> tuple[Any, list[str]]:
-    """Wrap ``model`` with a LoRA adapter; return it and the names of the adapter's parameters."""
+def add_adapter(model: Any, spec: LoraSpec, seed: int = 0) -> tuple[Any, list[str]]:
+    """Wrap ``model`` with a LoRA adapter; return it and the names of the adapter's parameters.
+
+    ``A`` is drawn at random (``B`` starts at zero): from ``seed``, so that a run is reproducible
+    and the processes of a multi-process run start from the same adapter.
+    """
+    import torch
     from peft import LoraConfig, get_peft_model
 
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
@@ -78,11 +83,46 @@ def add_adapter(model: Any, spec: LoraSpec) -> tuple[Any, list[str]]:
                           f"{sorted(n for n in present if n.endswith('proj'))[:8]}")
     config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                         target_modules=list(spec.targets), bias="none", task_type="CAUSAL_LM")
-    wrapped = get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        wrapped = get_peft_model(model, config)
     trained = [name for name, p in wrapped.named_parameters() if p.requires_grad]
     return wrapped, trained
 
 
-def for_saving(model: Any, spec: LoraSpec) -> Any:
-    """The model to ``save_pretrained``: merged into plain weights, or the adapter alone."""
-    return model.merge_and_unload() if spec.merge else model
+def for_saving(model: Any, spec: LoraSpec, gathered: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any] | None]:
+    """The model to ``save_pretrained`` and the weights to give it: merged into plain weights, or
+    the adapter alone.
+
+    ``gathered`` is a sharded run's whole state dict (FSDP: the model's own parameters are shards,
+    so peft cannot merge in place). The merge is then done on those tensors, and the base model
+    saves them; with ``merge=false`` peft picks the adapter's tensors out of them.
+    """
+    if gathered is None:
+        return (model.merge_and_unload() if spec.merge else model), None
+    if not spec.merge:
+        return model, gathered
+    return model.get_base_model(), merged_weights(gathered, spec)
+
+
+def merged_weights(state: dict[str, Any], spec: LoraSpec, adapter: str = "default") -> dict[str, Any]:
+    """A peft LoRA model's state dict with every adapter merged: the plain model's state dict.
+
+    Each adapted linear layer becomes W + (alpha / r) B A (Hu et al., arXiv 2106.09685, eq. 3;
+    peft's ``lora_alpha / r`` scaling), computed in float32 and stored in W's dtype.
+    """
+    import torch
+
+    prefix, scale = "base_model.model.", spec.alpha / spec.r
+    merged: dict[str, Any] = {}
+    for name, tensor in state.items():
+        if ".lora_A." in name or ".lora_B." in name:
+            continue
+        plain = name.removeprefix(prefix)
+        if name.endswith(".base_layer.weight"):
+            layer = name.removesuffix(".base_layer.weight")
+            a, b = state[f"{layer}.lora_A.{adapter}.weight"], state[f"{layer}.lora_B.{adapter}.weight"]
+            update = scale * (b.to(torch.float32) @ a.to(torch.float32))
+            tensor = (tensor.to(torch.float32) + update).to(tensor.dtype)
+        merged[plain.replace(".base_layer.", ".")] = tensor
+    return merged

@@ -320,6 +320,8 @@ class RunResult:
     model: Any = field(repr=False, default=None)
     tokenizer: Any = field(repr=False, default=None)
     reference_forwards: dict[tuple[str, int], int] = field(repr=False, default_factory=dict)
+    main_process: bool = True
+    """False on the other processes of a multi-process run: only the main one reports."""
 
 
 DataArg = str | Path | Sequence[Example] | None
@@ -448,7 +450,7 @@ def run_method(
         if isinstance(method, BuildMethod):
             raise ConfigError(f"--lora applies to gradient methods; '{record.id}' is not trained that way")
         lora_spec = parse_lora(lora)
-        lm_model, trainable = add_adapter(lm_model, lora_spec)
+        lm_model, trainable = add_adapter(lm_model, lora_spec, seed)
     context = getattr(lm_model.config, "max_position_embeddings", None)
     if isinstance(context, int) and settings.run.max_length > context:
         # Longer inputs would run past the positions the model was trained on: cap them, and say so.
@@ -493,12 +495,13 @@ def run_method(
         with output:
             with output.step_log() as write:
                 result, after = finish(write)
+            # A LoRA adapter is merged first; a sharded (FSDP / ZeRO-3) model saves its gathered weights.
+            weights = result.state_dict
             if lora_spec is not None:
                 from unlearn_kb.engine.lora import for_saving
 
-                lm_model = for_saving(lm_model, lora_spec)
-            # A LoRA adapter is merged first; a sharded (FSDP / ZeRO-3) model saves its gathered weights.
-            output.save_model(lm_model, tokenizer, state_dict=None if lora_spec is not None else result.state_dict)
+                lm_model, weights = for_saving(lm_model, lora_spec, weights)
+            output.save_model(lm_model, tokenizer, state_dict=weights)
             output.write_manifest(manifest(result, after))
     if result.main_process and plan is not None:
         import shutil
@@ -513,7 +516,7 @@ def run_method(
         seconds=time.perf_counter() - clock, reference=result.reference,
         trained_parameters=result.trained_parameters, records=result.records,
         out=output.out if output is not None else None, model=lm_model, tokenizer=tokenizer,
-        reference_forwards=result.reference_forwards,
+        reference_forwards=result.reference_forwards, main_process=result.main_process,
     )
 
 

@@ -392,7 +392,9 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(run, total))
     forget_batches = _cycle(forget_loader)
     retain_batches = _cycle(retain_loader) if retain_loader is not None else None
+    # FSDP2 replaces each parameter by a sharded one (and re-points the optimizer): read them again.
     named_trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    trained = list(named_trained.values())
 
     records: list[dict[str, Any]] = []
     first_step = 1
@@ -511,6 +513,11 @@ def train(
 
     accelerator.wait_for_everyone()
     full_state = _gathered_state(accelerator, model, forward)
+    if getattr(accelerator, "is_fsdp2", False):
+        # Keep the root's own weights (embeddings, final norm, head) whole, so that the model can be
+        # called directly afterwards (evaluation); each decoder layer still gathers its shard in its
+        # own forward, so every process must make the same calls.
+        forward.unshard()
     if checkpointing:
         _activation_checkpointing(model, False)
     for p in model.parameters():
