@@ -11,6 +11,7 @@ speeds up or slows down during the benchmark does not bias it. Peak memory (resi
 CPU, allocated memory on a GPU) is the method's (fine-tuning peaks lower than every method).
 
     python benchmarks/step_cost.py                      # every implemented method, CPU
+    python benchmarks/step_cost.py --methods finetune_hf_trainer   # the peers' fine-tuning step
     python benchmarks/step_cost.py --methods ga,npo --steps 30
     python benchmarks/step_cost.py --shape llama-3.2-1b --device cuda   # on a GPU: MFU too
 """
@@ -48,6 +49,7 @@ BATCH, SEQUENCE, PROMPT = 8, 64, 16
 SHAPE_OVERRIDES = {"rmu": {"layer": "2", "update_layers": "[0, 1, 2]"},  # the paper's layers 5-7 do not exist
                    "circuit_breakers": {"target_layers": "1,2"}}  # the paper's 10 and 20 of 32, scaled to 4
 FINETUNE = "finetune"
+HF_TRAINER = "finetune_hf_trainer"  # the same fine-tuning step through transformers' Trainer (the peers' base)
 
 
 @dataclass
@@ -93,6 +95,45 @@ def _median_step(records: list[dict]) -> float:
     return statistics.median(r["tokens"] / r["tokens_per_s"] for r in warm)
 
 
+def _trainer_steps(model, tokenizer, examples, steps: int) -> list[float]:
+    """Seconds per step of a plain fine-tuning run through transformers' ``Trainer``.
+
+    The peer frameworks (open-unlearning, TOFU, MUSE) subclass ``Trainer``, and their figures are
+    multiples of its fine-tuning step: this gives that denominator on this machine, in the same
+    setting (same model, batch, masking, AdamW at lr 1e-5), so ratios can be turned into time.
+    """
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from unlearn_kb.engine.data import collate, encode_all
+
+    encoded = encode_all(tokenizer, examples, SEQUENCE)
+    rows = [{k: v[0] for k, v in collate([e], tokenizer.pad_token_id).items() if k != "index"} for e in encoded]
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.started)
+
+    import tempfile
+
+    arguments = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="step-cost-"), per_device_train_batch_size=BATCH, learning_rate=1e-5,
+                                  weight_decay=0.0, max_steps=steps, lr_scheduler_type="constant",
+                                  optim="adamw_torch", report_to=[], save_strategy="no", logging_strategy="no",
+                                  disable_tqdm=True, use_cpu=not torch_cuda(), bf16=torch_cuda(),
+                                  dataloader_num_workers=0, seed=0)
+    Trainer(model=model, args=arguments, train_dataset=rows, callbacks=[Clock()]).train()
+    return times
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def worker(method_id: str, steps: int, shape: str, device: str) -> Measurement:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -123,6 +164,12 @@ def worker(method_id: str, steps: int, shape: str, device: str) -> Measurement:
 
     baseline = train(FineTune(), None, RunConfig(**run_settings), model=fresh_model(), tokenizer=tokenizer,
                      forget=forget)
+    if method_id == HF_TRAINER:
+        times = _trainer_steps(fresh_model(), tokenizer, forget, steps)
+        median = statistics.median(times[2:] or times)
+        return Measurement(method_id, median, _median_step(baseline.records), BATCH * (SEQUENCE - PROMPT) / median,
+                           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                           sum(p.numel() for p in fresh_model().parameters()), "none", len(times[2:]))
     if method_id == FINETUNE:
         method, method_config, run = FineTune(), None, RunConfig(**run_settings)
     else:
@@ -171,7 +218,7 @@ def main() -> None:
     registry = load_registry()
     trained = sorted(m.id for m in registry.implemented()  # one loss per step: what a step costs
                      if issubclass(resolve_method(m.id, registry)[1], GradientMethod))
-    methods = [m for m in args.methods.split(",") if m] or trained
+    methods = [m for m in args.methods.split(",") if m] or [HF_TRAINER, *trained]
     rows: list[Measurement] = []
     started = time.time()
     for method_id in methods:

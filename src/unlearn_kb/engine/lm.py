@@ -191,7 +191,8 @@ def _cache_kwargs(model: PreTrainedModel, past: object) -> dict[str, object]:
     """The KV cache argument under its name: ``cache`` in recent transformers 5, else ``past_key_values``."""
     import inspect
 
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper passes it on
+    name = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
     return {name: past}
 
 
