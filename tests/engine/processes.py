@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,9 +23,23 @@ def environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
+def run_to_end(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``command`` in its own process group; past ``timeout`` the whole group is killed (a hung
+    torchrun's workers would otherwise outlive the test) and the test fails."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environment(), start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(command[:6])} ... still ran after {timeout} s (hung?): {stderr[-2000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 def run_ok(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``command`` to the end; it must succeed."""
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment())
+    done = run_to_end(command, timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -33,7 +48,7 @@ def interrupt(command: list[str], out: Path, signum: int, after_step: int = 5) -
     """Start a run writing to ``out``, wait until its log shows ``after_step`` steps, send ``signum``
     from this process (as Ctrl-C or a cluster's pre-emption would), and return how it ended."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=environment())
+                               env=environment(), start_new_session=True)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
@@ -49,5 +64,5 @@ def interrupt(command: list[str], out: Path, signum: int, after_step: int = 5) -
         stdout, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)  # torchrun's workers too
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -148,3 +148,50 @@ def test_a_sharded_model_is_gathered_once_on_rank_0_and_saves_as_a_plain_checkpo
     original = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), original.state_dict().values(),
                                                  strict=True))
+
+
+ONE_RANK_DIVERGES = """
+import os, sys
+import torch
+import unlearn_kb.methods.npo as npo
+
+real, calls = npo.npo_loss, {"n": 0}
+
+def poisoned(*args, **kwargs):  # NaN on the second process only, at step 4 (two micro-batches a step)
+    calls["n"] += 1
+    value = real(*args, **kwargs)
+    return value * float("nan") if calls["n"] == 7 and os.environ["RANK"] == "1" else value
+
+npo.npo_loss = poisoned
+from unlearn_kb.cli import main
+sys.argv = ["unlearn-kb", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_divergence_on_one_process_stops_every_process_with_the_last_good_state(tiny_model_dir, tmp_path):
+    """A non-finite loss on one rank only: the ranks agree (the check reads the all-reduced terms),
+    so none waits forever in a collective, and the state after the last good step is saved."""
+    from processes import run_to_end
+
+    from unlearn_kb.engine.checkpoint import load_checkpoint
+    from unlearn_kb.engine.data import write_jsonl
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny import examples
+
+    forget, retain = examples()
+    write_jsonl(tmp_path / "forget.jsonl", forget)
+    write_jsonl(tmp_path / "retain.jsonl", retain)
+    script = tmp_path / "diverge.py"
+    script.write_text(ONE_RANK_DIVERGES)
+    done = run_to_end(
+        torchrun(29526, str(script), "run", "npo", "--model", str(tiny_model_dir), "--forget",
+                 str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl"), "--steps", "10",
+                 "--set", "batch_size=1", "--set", "grad_accum=2", "--out", str(tmp_path / "run")),
+        timeout=300)
+    assert done.returncode != 0 and "step 4: loss term 'forget' is nan" in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
+    state = load_checkpoint(tmp_path / "run.checkpoint")
+    assert state.step == 3 and all(torch.isfinite(t).all() for t in state.trained.values())

@@ -88,13 +88,37 @@ def restore_random_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def is_sharded(parameters: dict[str, torch.nn.Parameter]) -> bool:
+    """Whether the parameters are shards (FSDP2 turns each into a ``DTensor``)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in parameters.values())
+
+
 def capture(step: int, parameters: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-            scheduler: Any, records: list[dict[str, Any]], identity: dict[str, Any]) -> TrainingState:
-    """The state of a run after ``step`` optimizer steps (tensors copied to the CPU)."""
+            scheduler: Any, records: list[dict[str, Any]], identity: dict[str, Any], *,
+            model: torch.nn.Module | None = None, main: bool = True) -> TrainingState | None:
+    """The state of a run after ``step`` optimizer steps (tensors copied to the CPU), on the main
+    process; ``None`` on the others.
+
+    Sharded parameters (FSDP) are gathered whole, with their optimizer state, through torch's
+    distributed state-dict API: every process must then call this (the gathers are collectives),
+    and ``model`` must be the module that owns ``parameters``. The checkpoint is the same as an
+    unsharded run's.
+    """
+    if model is not None and is_sharded(parameters):
+        trained, optimizer_state = _gathered(model, optimizer, list(parameters))
+    elif not main:
+        return None
+    else:
+        trained = {name: p.detach().to("cpu", copy=True).contiguous() for name, p in parameters.items()}
+        optimizer_state = optimizer.state_dict()
+    if not main:
+        return None
     return TrainingState(
         step=step,
-        trained={name: p.detach().to("cpu", copy=True).contiguous() for name, p in parameters.items()},
-        optimizer=optimizer.state_dict(),
+        trained=trained,
+        optimizer=optimizer_state,
         scheduler={k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
         rng=random_states(),
         records=list(records),
@@ -102,12 +126,48 @@ def capture(step: int, parameters: dict[str, torch.nn.Parameter], optimizer: tor
     )
 
 
+def _gathered(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Whole trained tensors and optimizer state of a sharded model, on the main process.
+
+    torch keys the optimizer's state by parameter name; it is stored by position, as
+    ``optimizer.state_dict()`` does (``names`` is in the optimizer's order).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_state, by_name = get_state_dict(model, optimizer,
+                                          options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    position = {name: i for i, name in enumerate(names)}
+    trained = {name: model_state[name].contiguous() for name in names if name in model_state}
+    optimizer_state = {
+        "state": {position[name]: values for name, values in by_name.get("state", {}).items()},
+        "param_groups": [{**group, "params": [position[name] for name in group["params"]]}
+                         for group in by_name.get("param_groups", [])],
+    }
+    return trained, optimizer_state
+
+
+def _load_sharded(state: TrainingState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  names: list[str]) -> None:
+    """Put whole saved tensors into a sharded model and its optimizer (each process takes its shard)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    by_name = {
+        "state": {names[int(i)]: values for i, values in state.optimizer["state"].items()},
+        "param_groups": [{**group, "params": [names[int(i)] for i in group["params"]]}
+                         for group in state.optimizer["param_groups"]],
+    }
+    set_state_dict(model, optimizer, model_state_dict=state.trained, optim_state_dict=by_name,
+                   options=StateDictOptions(full_state_dict=True, strict=False))
+
+
 @torch.no_grad()
 def restore(state: TrainingState, parameters: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
-            scheduler: Any, lr: float) -> None:
+            scheduler: Any, lr: float, *, model: torch.nn.Module | None = None) -> None:
     """Load ``state`` into a freshly set-up run (its random states are restored separately, last).
 
     ``lr`` is the resumed run's learning rate: it replaces the saved one when the user changed it.
+    Sharded parameters need ``model``, their owner; every process must then call this.
     """
     expected, saved = set(parameters), set(state.trained)
     if expected != saved:
@@ -118,8 +178,12 @@ def restore(state: TrainingState, parameters: dict[str, torch.nn.Parameter], opt
         if state.trained[name].shape != p.shape:
             raise UserError(f"the checkpoint's '{name}' has shape {tuple(state.trained[name].shape)}, the "
                             f"model's is {tuple(p.shape)}: it belongs to another model")
-        p.copy_(state.trained[name])
-    optimizer.load_state_dict(state.optimizer)
+    if model is not None and is_sharded(parameters):
+        _load_sharded(state, model, optimizer, list(parameters))
+    else:
+        for name, p in parameters.items():
+            p.copy_(state.trained[name])
+        optimizer.load_state_dict(state.optimizer)
     scheduler.load_state_dict({**state.scheduler, "lr_lambdas": [None] * len(optimizer.param_groups)})
     for group in optimizer.param_groups:
         group["initial_lr"] = lr

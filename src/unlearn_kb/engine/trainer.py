@@ -402,7 +402,7 @@ def train(
         if resume.step >= total:
             raise ConfigError(f"the checkpoint is at step {resume.step}, and this run has {total} steps: nothing "
                               "is left to do (raise --steps to train further)")
-        restore(resume, named_trained, optimizer, scheduler, run.lr)
+        restore(resume, named_trained, optimizer, scheduler, run.lr, model=model)
         for _ in range(resume.step * run.grad_accum):  # replay the data order; no model work
             next(forget_batches)
             if retain_batches is not None:
@@ -417,8 +417,10 @@ def train(
         """Save the state after ``step`` steps (main process); return the folder, or None."""
         if checkpoint is None:
             return None
-        if accelerator.is_main_process:
-            state = capture(step, named_trained, optimizer, scheduler, records, checkpoint.identity)
+        # Every process calls capture: a sharded model's weights are gathered collectively.
+        state = capture(step, named_trained, optimizer, scheduler, records, checkpoint.identity,
+                        model=model, main=accelerator.is_main_process)
+        if state is not None:
             if rng is not None:
                 state.rng = rng
             save_checkpoint(state, checkpoint.folder)
@@ -447,10 +449,6 @@ def train(
                     step = Step(forward, batches, reference, number=step_number, total=total)
                     terms = method.loss(step, config)
                 values = {name: float(value.detach()) for name, value in terms.items()}
-                broken = [name for name, number in values.items() if not math.isfinite(number)]
-                if broken:  # name the term that broke, not only the total
-                    name = next((n for n in broken if n != "loss"), broken[0])
-                    raise diverged(step_number, f"loss term '{name}'", values[name], step_rng)
                 for name, number in values.items():
                     sums[name] = sums.get(name, 0.0) + number / run.grad_accum
                 accelerator.backward(terms["loss"] / run.grad_accum)
@@ -462,6 +460,12 @@ def train(
             summed = accelerator.reduce(local, reduction="sum")
             sums = {n: float(v) / accelerator.num_processes for n, v in zip(names, summed[:-1], strict=True)}
             tokens = int(summed[-1])
+        # Checked on the global sums, so every process sees a non-finite term on any of them and
+        # all stop together (before the optimizer step: the weights are still the last good ones).
+        broken = [name for name, number in sums.items() if not math.isfinite(number)]
+        if broken:  # name the term that broke, not only the total
+            name = next((n for n in broken if n != "loss"), broken[0])
+            raise diverged(step_number, f"loss term '{name}'", sums[name], step_rng)
         return sums, tokens
 
     def stop_signal(stops: StopRequests) -> int | None:
