@@ -167,7 +167,7 @@ def worker(method_id: str, steps: int, shape: str, device: str) -> Measurement:
     if method_id == HF_TRAINER:
         times = _trainer_steps(fresh_model(), tokenizer, forget, steps)
         median = statistics.median(times[2:] or times)
-        return Measurement(method_id, median, _median_step(baseline.records), BATCH * (SEQUENCE - PROMPT) / median,
+        return Measurement(method_id, median, _median_step(baseline.records), BATCH * SEQUENCE / median,
                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                            sum(p.numel() for p in fresh_model().parameters()), "none", len(times[2:]))
     if method_id == FINETUNE:
