@@ -36,7 +36,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(toy_wor
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "double")
     manifest = json.loads((tmp_path / "double" / "manifest.json").read_text())
-    assert manifest["device"]["processes"] == 2 and model.config.num_hidden_layers == toy_world.config.n_layers
+    assert manifest["device"]["processes"] == 2 and manifest["device"]["parallelism"] == "DDP" and model.config.num_hidden_layers == toy_world.config.n_layers
 
 
 SHARDED_REFERENCE = """

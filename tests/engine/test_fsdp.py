@@ -16,7 +16,9 @@ import pytest
 import torch
 from processes import run_ok, torchrun
 
-LAUNCHER = str(Path(__file__).with_name("fsdp_on_cpu.py"))
+# The launcher and the shipped config it applies: the test runs the settings users get.
+LAUNCHER = [str(Path(__file__).with_name("fsdp_on_cpu.py")),
+            str(Path(__file__).parents[2] / "configs" / "accelerate" / "fsdp.yaml")]
 STEPS = ["--steps", "3", "--set", "grad_accum=1"]
 
 
@@ -30,7 +32,7 @@ def _single_and_sharded(tmp_path: Path, port: int, args: list[str]) -> tuple[Pat
     """The same run in one process (batch 8) and in two FSDP processes (4 each)."""
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     run_ok([sys.executable, "-m", "unlearn_kb", *args, *STEPS, "--set", "batch_size=8", "--out", str(single)])
-    run_ok(torchrun(port, LAUNCHER, *args, *STEPS, "--set", "batch_size=4", "--out", str(sharded)))
+    run_ok(torchrun(port, *LAUNCHER, *args, *STEPS, "--set", "batch_size=4", "--out", str(sharded)))
     return single, sharded
 
 
@@ -50,7 +52,8 @@ def test_fsdp_takes_the_steps_of_one_process_and_saves_one_plain_checkpoint(toy_
     assert sorted(whole) == sorted(gathered)  # one ordinary checkpoint, not shards
     assert max(float((whole[k] - gathered[k]).abs().max()) for k in whole) < 1e-5
     manifest = json.loads((sharded / "manifest.json").read_text())
-    assert manifest["device"]["processes"] == 2
+    assert manifest["device"]["processes"] == 2 and manifest["device"]["parallelism"] == "FSDP2"
+    assert json.loads((single / "manifest.json").read_text())["device"]["parallelism"] == "none"
     assert manifest["recall"]["after"]["forget"] == json.loads((single / "manifest.json").read_text())[
         "recall"]["after"]["forget"]  # the sharded model was evaluated after training, as the whole one
 
@@ -100,7 +103,7 @@ def test_an_fsdp_run_interrupted_by_sigterm_resumes_to_the_same_weights(tiny_mod
     write_jsonl(tmp_path / "retain.jsonl", retain)
 
     def command(out: str, port: int, *extra: str) -> list[str]:
-        return torchrun(port, LAUNCHER, "run", "npo", "--model", str(tiny_model_dir), "--forget",
+        return torchrun(port, *LAUNCHER, "run", "npo", "--model", str(tiny_model_dir), "--forget",
                         str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl"), "--steps",
                         "300", "--seed", "3", "--set", "batch_size=1", "--set", "grad_accum=2", "--set", "lr=1e-3",
                         "--out", str(tmp_path / out), *extra)

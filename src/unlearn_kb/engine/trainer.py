@@ -94,6 +94,8 @@ class TrainResult:
     main_process: bool = True
     reference_forwards: dict[tuple[str, int], int] = field(default_factory=dict)
     """Per ``(batch, example index)``: how often the reference computed its sequence log-prob."""
+    parallelism: str = "none"
+    """How the processes split the work: "none", "DDP", "FSDP2" (or "FSDP1"), "DeepSpeed ZeRO-N"."""
     state_dict: dict[str, Any] | None = None
     """Under FSDP or DeepSpeed ZeRO-3, the full weights gathered on the main process for saving
     (the model's own parameters are shards there); ``None`` when the model itself is whole."""
@@ -233,6 +235,18 @@ def _gathered_state(accelerator: Any, model: torch.nn.Module, forward: torch.nn.
     else:
         return None
     return state if accelerator.is_main_process else None
+
+
+def parallelism(accelerator: Any) -> str:
+    """A short name for how ``accelerator`` splits the work across processes (for the manifest)."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        return "FSDP2" if getattr(accelerator, "is_fsdp2", False) else "FSDP1"
+    if kind == DistributedType.DEEPSPEED:
+        return f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
+    return "DDP" if accelerator.num_processes > 1 else "none"
 
 
 def shard_frozen(model: torch.nn.Module, mesh: Any = None) -> torch.nn.Module:
@@ -531,7 +545,7 @@ def train(
         steps=total, records=records, reference=mode,
         trained_parameters=sum(p.numel() for p in trained),
         seconds=time.perf_counter() - started, tokens=all_tokens,
-        main_process=accelerator.is_main_process,
+        main_process=accelerator.is_main_process, parallelism=parallelism(accelerator),
         state_dict=full_state,
         reference_forwards=dict(reference.forwards) if reference is not None else {},
     )
