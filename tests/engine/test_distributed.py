@@ -18,8 +18,9 @@ ARGS = ["run", "npo", "--steps", "4", "--set", "alpha=0", "--set", "grad_accum=1
 
 def _run(tmp_path: Path, name: str, launcher: list[str], batch_size: int) -> list[dict]:
     out = tmp_path / name
-    run_ok([*launcher, "-m", "unlearn_kb", *ARGS, "--set", f"batch_size={batch_size}", "--out", str(out)],
-           timeout=900)
+    done = run_ok([*launcher, "-m", "unlearn_kb", *ARGS, "--set", f"batch_size={batch_size}", "--out", str(out)],
+                  timeout=900)
+    assert done.stdout.count("exact-match recall before and after") == 1  # the main process reports
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 

@@ -185,12 +185,16 @@ class OutputFolder:
         (self.staging / "manifest.json").write_text(text + "\n", encoding="utf-8")
 
 
-def writes_output(output: OutputFolder | None) -> bool:
-    """Whether this process writes ``output``: under torchrun / accelerate launch only rank 0 does."""
-    if output is None:
-        return False
+def is_main_process() -> bool:
+    """Whether this is the process that reports and writes: under torchrun / accelerate launch,
+    rank 0; otherwise the only one."""
     import torch
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available()).is_main_process
+
+
+def writes_output(output: OutputFolder | None) -> bool:
+    """Whether this process writes ``output``: under torchrun / accelerate launch only rank 0 does."""
+    return output is not None and is_main_process()
 

@@ -532,7 +532,7 @@ def _run_build(method: Any, record: Method, settings: Settings, lm: Any, sets: d
     *are* the original's, and the manifest says so (``weights``) next to the method's state
     (``state``, plus any files its ``save`` writes, e.g. a blocklist or the offset model).
     """
-    from unlearn_kb.engine.models import writes_output
+    from unlearn_kb.engine.models import is_main_process, writes_output
     from unlearn_kb.engine.trainer import TrainResult
 
     def finish(log: Callable[[dict[str, Any]], None] | None) -> tuple[Any, TrainResult, dict[str, float | None]]:
@@ -569,5 +569,5 @@ def _run_build(method: Any, record: Method, settings: Settings, lm: Any, sets: d
         seconds=time.perf_counter() - clock, reference=trained.reference,
         trained_parameters=trained.trained_parameters, records=trained.records,
         out=output.out if output is not None else None, model=built.lm, tokenizer=tokenizer,
-        reference_forwards=trained.reference_forwards,
+        reference_forwards=trained.reference_forwards, main_process=is_main_process(),
     )
