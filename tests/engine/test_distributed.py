@@ -196,3 +196,20 @@ def test_a_divergence_on_one_process_stops_every_process_with_the_last_good_stat
     assert not (tmp_path / "run").exists()
     state = load_checkpoint(tmp_path / "run.checkpoint")
     assert state.step == 3 and all(torch.isfinite(t).all() for t in state.trained.values())
+
+
+@pytest.mark.slow
+def test_ddp_with_a_sharded_reference_takes_the_same_steps_as_with_a_copy_per_process(toy_world, tmp_path):
+    """--set shard_reference=true under DDP: each process holds a share of GA+KL's frozen reference
+    (FSDP2, see the test above) instead of a whole copy, and the steps do not change."""
+    from safetensors.torch import load_file
+
+    args = ["run", "ga_kl", "--steps", "3", "--set", "batch_size=4", "--set", "grad_accum=1", "--set", "lr=1e-3"]
+    for port, flag in ((29527, "false"), (29528, "true")):
+        run_ok(torchrun(port, "-m", "unlearn_kb", *args, "--set", f"shard_reference={flag}",
+                        "--out", str(tmp_path / flag)))
+    manifests = {flag: json.loads((tmp_path / flag / "manifest.json").read_text()) for flag in ("false", "true")}
+    assert manifests["false"]["reference"] == "live" and manifests["true"]["reference"] == "sharded"
+    assert manifests["true"]["device"]["parallelism"] == "DDP"
+    copy, sharded = (load_file(tmp_path / flag / "model.safetensors") for flag in ("false", "true"))
+    assert max(float((copy[k] - sharded[k]).abs().max()) for k in copy) < 1e-6  # measured 0.0

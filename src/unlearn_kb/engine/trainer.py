@@ -77,6 +77,7 @@ class RunConfig:
     forget_eos: bool = True  # the forget loss covers the end-of-sequence token after each answer, as in peer code
     checkpoint_every: int = 0  # also save a resumable checkpoint every N optimizer steps (0: only when stopped)
     gradient_checkpointing: bool = False  # recompute layer activations in the backward pass: less memory, ~30% more time
+    shard_reference: bool = False  # several processes without FSDP (DDP): shard the frozen reference across them
 
 
 @dataclass
@@ -85,8 +86,9 @@ class TrainResult:
 
     steps: int
     records: list[dict[str, Any]]
-    reference: Literal["none", "cached", "live"]
-    """How reference quantities were obtained: not at all, precomputed once, or a frozen copy."""
+    reference: Literal["none", "cached", "live", "sharded"]
+    """How reference quantities were obtained: not at all, precomputed once, from a frozen copy,
+    or from a frozen copy sharded across the processes."""
     trained_parameters: int
     """Number of scalar parameters that received updates."""
     seconds: float
@@ -364,17 +366,19 @@ def train(
     # -------------------------------------------------------------- reference quantities
     forward = LMForward(model)
     reference: Reference | None = None
-    mode: Literal["none", "cached", "live"] = "none"
+    mode: Literal["none", "cached", "live", "sharded"] = "none"
     live = method.uses_reference and method.live_reference(config)
     if method.uses_reference and (live or method.reference_sequences):
         cache_bytes = run.reference_cache_mb << 20
         if live and hasattr(model, "disable_adapter"):
             # A LoRA run: the starting model is the same module with its adapter off; no copy.
             reference, mode = Reference(AdapterOffForward(model), cache_bytes), "live"
-        elif live and getattr(accelerator, "is_fsdp2", False):
-            # Sharded like the trained model: each process holds 1/N of the frozen weights. Every
-            # forward is then a collective, so nothing is cached (ranks would disagree on hits).
-            reference, mode = Reference(LMForward(shard_frozen(frozen_copy(model))), 0), "live"
+        elif live and (getattr(accelerator, "is_fsdp2", False)
+                       or (run.shard_reference and accelerator.num_processes > 1)):
+            # Sharded (like the trained model under FSDP): each process holds 1/N of the frozen
+            # weights. Every forward is then a collective, so nothing is cached (ranks would
+            # disagree on hits and wait for each other forever).
+            reference, mode = Reference(LMForward(shard_frozen(frozen_copy(model))), 0), "sharded"
         elif live:
             reference, mode = Reference(LMForward(frozen_copy(model)), cache_bytes), "live"
         else:
