@@ -213,3 +213,14 @@ def test_ddp_with_a_sharded_reference_takes_the_same_steps_as_with_a_copy_per_pr
     assert manifests["true"]["device"]["parallelism"] == "DDP"
     copy, sharded = (load_file(tmp_path / flag / "model.safetensors") for flag in ("false", "true"))
     assert max(float((copy[k] - sharded[k]).abs().max()) for k in copy) < 1e-6  # measured 0.0
+
+
+@pytest.mark.slow
+def test_processes_option_runs_the_command_on_two_processes(toy_world, tmp_path):
+    """``unlearn-kb run ... --processes 2`` hands itself over to torchrun: a two-process DDP run."""
+    out = tmp_path / "run"
+    done = run_ok([sys.executable, "-m", "unlearn_kb", "run", "npo", "--steps", "2", "--set", "batch_size=4",
+                   "--processes", "2", "--out", str(out)])
+    assert done.stdout.count("exact-match recall before and after") == 1
+    device = json.loads((out / "manifest.json").read_text())["device"]
+    assert device["processes"] == 2 and device["parallelism"] == "DDP"

@@ -104,6 +104,12 @@ def run(
     resume: Annotated[Path | None, typer.Option(
         help="Continue an interrupted run from its checkpoint (Ctrl-C or SIGTERM saves one, to "
              "<out>.checkpoint); give the same method, data and settings as the first time.")] = None,
+    processes: Annotated[int | None, typer.Option(
+        help="Run on N processes (data parallel; one GPU each on a GPU machine) through torchrun, "
+             "or through accelerate with --accelerate-config.", min=1, show_default=False)] = None,
+    accelerate_config: Annotated[Path | None, typer.Option(
+        help="With --processes: an accelerate config (configs/accelerate/fsdp.yaml, deepspeed_zero3.yaml, "
+             "ddp.yaml) to launch with.", show_default=False)] = None,
 ) -> None:
     """Unlearn the forget set from a model with a registered method, and compare recall before and after."""
     if list_methods:
@@ -111,6 +117,12 @@ def run(
         return
     if method_id is None:
         raise typer.BadParameter("give a method ID, or --list to see the runnable ones", param_hint="ID")
+    if accelerate_config is not None and processes is None:
+        raise typer.BadParameter("give the number of processes too (--processes N)", param_hint="--accelerate-config")
+    if processes is not None:
+        from unlearn_kb.cli.launch import relaunch
+
+        relaunch(processes, accelerate_config)
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
