@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,38 @@ def interrupt(command: list[str], out: Path, signum: int, after_step: int = 5) -
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)  # torchrun's workers too
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def tiny_data_files(folder: Path) -> tuple[Path, Path]:
+    """The tiny forget and retain sets (``tiny.examples``) as JSON-lines files in ``folder``."""
+    from tiny import examples
+
+    from unlearn_kb.engine.data import write_jsonl
+
+    forget, retain = examples()
+    paths = folder / "forget.jsonl", folder / "retain.jsonl"
+    write_jsonl(paths[0], forget)
+    write_jsonl(paths[1], retain)
+    return paths
+
+
+def sigterm_then_resume(launcher: list[str], model: Path, folder: Path, ports: tuple[int, int, int],
+                        between: Callable[[Path], None] | None = None) -> tuple[Path, Path]:
+    """A 300-step NPO run on two processes (``launcher`` runs the CLI: ``-m unlearn_kb`` or a
+    script), once whole and once pre-empted by SIGTERM after step 10 then resumed; ``between``
+    sees the checkpoint before the resume. Returns the two output folders."""
+    forget, retain = tiny_data_files(folder)
+
+    def command(out: str, port: int, *extra: str) -> list[str]:
+        return torchrun(port, *launcher, "run", "npo", "--model", str(model), "--forget", str(forget),
+                        "--retain", str(retain), "--steps", "300", "--seed", "3", "--set", "batch_size=1",
+                        "--set", "grad_accum=2", "--set", "lr=1e-3", "--out", str(folder / out), *extra)
+
+    run_ok(command("whole", ports[0]))
+    stopped = interrupt(command("cut", ports[1]), folder / "cut", signal.SIGTERM, after_step=10)
+    assert "interrupted by SIGTERM after step" in stopped.stderr, stopped.stderr[-3000:]
+    assert not (folder / "cut").exists()
+    if between is not None:
+        between(folder / "cut.checkpoint")
+    run_ok(command("cut", ports[2], "--resume", str(folder / "cut.checkpoint")))
+    return folder / "whole", folder / "cut"

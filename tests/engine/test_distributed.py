@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import interrupt, run_ok, torchrun
+from processes import run_ok, sigterm_then_resume, tiny_data_files, torchrun
 
 # NPO without its retain term: the loss is a mean over sequences, so the mean of two shards of
 # equal size is exactly the mean of the whole batch; what remains is float summation order.
@@ -83,32 +83,10 @@ def test_a_sharded_frozen_reference_gives_the_full_models_outputs_and_holds_a_sh
 def test_two_processes_interrupted_by_sigterm_resume_to_the_same_weights(tiny_model_dir, tmp_path):
     """A pre-empted multi-process job: torchrun forwards SIGTERM, the ranks agree to stop after the
     same step, rank 0 saves the checkpoint, and a resumed two-process run ends bit-identical."""
-    import signal
-
-    import torch
     from safetensors.torch import load_file
 
-    from unlearn_kb.engine.data import write_jsonl
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from tiny import examples
-
-    forget, retain = examples()
-    write_jsonl(tmp_path / "forget.jsonl", forget)
-    write_jsonl(tmp_path / "retain.jsonl", retain)
-
-    def command(out: str, port: int, *extra: str) -> list[str]:
-        return torchrun(port, "-m", "unlearn_kb", "run", "npo", "--model", str(tiny_model_dir), "--forget",
-                        str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl"), "--steps",
-                        "300", "--seed", "3", "--set", "batch_size=1", "--set", "grad_accum=2", "--set", "lr=1e-3",
-                        "--out", str(tmp_path / out), *extra)
-
-    run_ok(command("whole", 29521))
-    stopped = interrupt(command("cut", 29522), tmp_path / "cut", signal.SIGTERM, after_step=10)
-    assert "interrupted by SIGTERM after step" in stopped.stderr, stopped.stderr[-3000:]
-    assert not (tmp_path / "cut").exists()
-    run_ok(command("cut", 29523, "--resume", str(tmp_path / "cut.checkpoint")))
-    expected, got = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    whole, cut = sigterm_then_resume(["-m", "unlearn_kb"], tiny_model_dir, tmp_path, (29521, 29522, 29523))
+    expected, got = load_file(whole / "model.safetensors"), load_file(cut / "model.safetensors")
     assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed weights differ"
 
 
@@ -177,19 +155,13 @@ def test_a_divergence_on_one_process_stops_every_process_with_the_last_good_stat
     from processes import run_to_end
 
     from unlearn_kb.engine.checkpoint import load_checkpoint
-    from unlearn_kb.engine.data import write_jsonl
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from tiny import examples
-
-    forget, retain = examples()
-    write_jsonl(tmp_path / "forget.jsonl", forget)
-    write_jsonl(tmp_path / "retain.jsonl", retain)
+    forget, retain = tiny_data_files(tmp_path)
     script = tmp_path / "diverge.py"
     script.write_text(ONE_RANK_DIVERGES)
     done = run_to_end(
         torchrun(29526, str(script), "run", "npo", "--model", str(tiny_model_dir), "--forget",
-                 str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl"), "--steps", "10",
+                 str(forget), "--retain", str(retain), "--steps", "10",
                  "--set", "batch_size=1", "--set", "grad_accum=2", "--out", str(tmp_path / "run")),
         timeout=300)
     assert done.returncode != 0 and "step 4: loss term 'forget' is nan" in done.stderr, done.stderr[-3000:]

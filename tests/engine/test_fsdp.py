@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import run_ok, torchrun
+from processes import run_ok, sigterm_then_resume, torchrun
 
 # The launcher and the shipped config it applies: the test runs the settings users get.
 LAUNCHER = [str(Path(__file__).with_name("fsdp_on_cpu.py")),
@@ -89,31 +89,11 @@ def test_fsdp_lora_run_merges_the_gathered_adapter_into_a_plain_checkpoint(toy_w
 def test_an_fsdp_run_interrupted_by_sigterm_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
     """The checkpoint of a sharded run is gathered whole (weights and AdamW state) by every process
     together, and a resumed sharded run puts each shard back: it ends bit-identical."""
-    import signal
+    def whole_tensors(checkpoint: Path) -> None:
+        saved, model = _weights(checkpoint, "trained.safetensors"), _weights(tiny_model_dir)
+        assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in model.items()}, \
+            "the checkpoint holds whole tensors, not shards"
 
-    from processes import interrupt
-
-    from unlearn_kb.engine.data import write_jsonl
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from tiny import examples
-
-    forget, retain = examples()
-    write_jsonl(tmp_path / "forget.jsonl", forget)
-    write_jsonl(tmp_path / "retain.jsonl", retain)
-
-    def command(out: str, port: int, *extra: str) -> list[str]:
-        return torchrun(port, *LAUNCHER, "run", "npo", "--model", str(tiny_model_dir), "--forget",
-                        str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl"), "--steps",
-                        "300", "--seed", "3", "--set", "batch_size=1", "--set", "grad_accum=2", "--set", "lr=1e-3",
-                        "--out", str(tmp_path / out), *extra)
-
-    run_ok(command("whole", 29537))
-    stopped = interrupt(command("cut", 29538), tmp_path / "cut", signal.SIGTERM, after_step=10)
-    assert "interrupted by SIGTERM after step" in stopped.stderr, stopped.stderr[-3000:]
-    saved, whole = _weights(tmp_path / "cut.checkpoint", "trained.safetensors"), _weights(tmp_path / "whole")
-    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in whole.items()}, \
-        "the checkpoint holds whole tensors, not shards"
-    run_ok(command("cut", 29539, "--resume", str(tmp_path / "cut.checkpoint")))
-    expected, got = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
+    whole, cut = sigterm_then_resume(LAUNCHER, tiny_model_dir, tmp_path, (29537, 29538, 29539), whole_tensors)
+    expected, got = _weights(whole), _weights(cut)
     assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed weights differ"

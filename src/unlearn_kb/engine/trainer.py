@@ -432,7 +432,8 @@ def train(
                 log(record)
 
     def save_state(step: int, rng: dict[str, Any] | None = None) -> Any:
-        """Save the state after ``step`` steps (main process); return the folder, or None."""
+        """Save the state after ``step`` steps: every process calls it, the main one writes; return
+        the folder, or None without a checkpoint plan."""
         if checkpoint is None:
             return None
         # Every process calls capture: a sharded model's weights are gathered collectively.
