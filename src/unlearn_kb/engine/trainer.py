@@ -78,6 +78,7 @@ class RunConfig:
     checkpoint_every: int = 0  # also save a resumable checkpoint every N optimizer steps (0: only when stopped)
     gradient_checkpointing: bool = False  # recompute layer activations in the backward pass: less memory, ~30% more time
     shard_reference: bool = False  # several processes without FSDP (DDP): shard the frozen reference across them
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # autocast; auto: bf16 on GPUs, none on the CPU
 
 
 @dataclass
@@ -330,8 +331,9 @@ def train(
                         "and needs retain data; give --retain, or --set alpha=0 to drop the term")
 
     # cpu=True lets torchrun start several CPU processes over gloo (accelerate only detects them so).
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                              mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    precision = run.mixed_precision if run.mixed_precision != "auto" else (
+        "bf16" if torch.cuda.is_available() else "no")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
     set_seed(seed)
     device = accelerator.device
     pad_id = tokenizer.pad_token_id
