@@ -196,3 +196,14 @@ def test_processes_option_runs_the_command_on_two_processes(toy_world, tmp_path)
     assert done.stdout.count("exact-match recall before and after") == 1
     device = json.loads((out / "manifest.json").read_text())["device"]
     assert device["processes"] == 2 and device["parallelism"] == "DDP"
+
+
+@pytest.mark.slow
+def test_a_mistake_in_a_multi_process_run_is_one_line_and_exit_code_2(toy_world):
+    from processes import run_to_end
+
+    done = run_to_end([sys.executable, "-m", "unlearn_kb", "run", "npo", "--set", "lr=abc", "--processes", "2"],
+                      timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert lines == ["error: setting 'lr' expects a number, got 'abc'"], lines  # not once per process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -42,11 +43,15 @@ def fail(exc: BaseException) -> NoReturn:
             print(f"error: this command needs '{package}', which is not installed: "
                   f"pip install 'unlearn-kb[{extra}]'", file=sys.stderr)
             sys.exit(2)
+    rank = os.environ.get("RANK", "0")  # under torchrun / accelerate launch
     if isinstance(exc, USER_ERRORS):
+        if rank != "0":  # every process got the same arguments and data: the first one says it once
+            sys.exit(2)
         message = exc.args[0] if isinstance(exc, UnknownIdError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
-    print(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback; "
+    where = f"process {rank}: " if rank != "0" else ""
+    print(f"internal error: {where}{type(exc).__name__}: {exc} (run with --debug for the traceback; "
           "please report it)", file=sys.stderr)
     sys.exit(1)
 

@@ -8,7 +8,10 @@ The command re-executes itself under a launcher, with the same arguments minus t
   for the shipped FSDP and DeepSpeed configurations (``configs/accelerate/``).
 
 The launcher replaces this process (``exec``), so Ctrl-C, SIGTERM and the exit code are the
-launcher's, which forwards them to every process of the run.
+launcher's, which forwards them to every process of the run. torchrun is run through this
+module's ``__main__`` (``python -m unlearn_kb.cli.launch``): when a run stops on a signal or on an
+error, the processes have already reported it in one line, and torchrun's own traceback is
+replaced by its exit code.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def launch_command(processes: int, accelerate_config: Path | None, cli_args: Seq
             raise ConfigError(f"--accelerate-config {accelerate_config}: no such file")
         return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
                 "--num_processes", str(processes), "-m", "unlearn_kb", *cli_args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+    return [sys.executable, "-m", "unlearn_kb.cli.launch", "--standalone", "--nproc_per_node", str(processes),
             "-m", "unlearn_kb", *cli_args]
 
 
@@ -59,3 +62,27 @@ def relaunch(processes: int, accelerate_config: Path | None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(command[0], command)
+
+
+def _torchrun_quietly() -> int:
+    """torchrun's ``main`` with the arguments of this process; its exit code instead of a traceback
+    when a process of the run failed (it printed its own one-line error) or a signal stopped it."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # the processes report
+    try:
+        main()
+    except SignalException as stopped:
+        return 128 + int(stopped.sigval)
+    except ChildFailedError as failed:
+        codes = [failure.exitcode for failure in failed.failures.values()]
+        return next((code for code in codes if code > 0), 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_torchrun_quietly())

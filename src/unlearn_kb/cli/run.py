@@ -159,7 +159,8 @@ def run(
             lora=lora, resume=resume, progress=show,
         )
     finally:
-        bar.stop()
+        if bar.live.is_started:  # a bar never started (an error before training) prints nothing
+            bar.stop()
     if not result.main_process:
         return  # the other processes of a multi-process run: the main one reports and evaluates
     _print_summary(result)
