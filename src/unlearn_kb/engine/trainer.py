@@ -240,6 +240,20 @@ def _gathered_state(accelerator: Any, model: torch.nn.Module, forward: torch.nn.
     return state if accelerator.is_main_process else None
 
 
+def _allow_precision(precision: str) -> None:
+    """Let a single process train again with another autocast precision (``bench``, tests).
+
+    accelerate keeps one accelerator state per process and refuses a second ``Accelerator`` with
+    another ``mixed_precision``. A single-process state holds nothing else worth keeping, so it is
+    cleared; the process group of a multi-process run (one precision throughout) is never touched.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    if AcceleratorState._shared_state and PartialState().num_processes == 1 \
+            and AcceleratorState().mixed_precision != precision:
+        AcceleratorState._reset_state()
+
+
 def parallelism(accelerator: Any) -> str:
     """A short name for how ``accelerator`` splits the work across processes (for the manifest)."""
     from accelerate.utils import DistributedType
@@ -333,6 +347,7 @@ def train(
     # cpu=True lets torchrun start several CPU processes over gloo (accelerate only detects them so).
     precision = run.mixed_precision if run.mixed_precision != "auto" else (
         "bf16" if torch.cuda.is_available() else "no")
+    _allow_precision(precision)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
     set_seed(seed)
     device = accelerator.device
