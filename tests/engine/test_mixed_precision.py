@@ -42,3 +42,12 @@ def test_a_gradient_method_trains_under_bf16_autocast(toy_world, method_id, monk
     assert len(result.records) == 2
     assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in result.records)
     assert all(p.dtype == torch.float32 for p in result.model.parameters()), "the weights stay float32"
+
+
+def test_the_manifest_records_the_precision_the_run_used(toy_world, tmp_path):
+    import json
+
+    run_method("ga", world=toy_world, steps=1, eval_limit=4, overrides={"mixed_precision": "bf16"},
+               out=tmp_path / "run")
+    device = json.loads((tmp_path / "run" / "manifest.json").read_text())["device"]
+    assert device["mixed_precision"] == "bf16"  # asked for on the CPU, where "auto" means none

@@ -288,8 +288,7 @@ def _device() -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     return {"type": "cuda" if cuda else "cpu", "count": torch.cuda.device_count() if cuda else 1,
             "processes": PartialState(cpu=not cuda).num_processes,
-            "name": torch.cuda.get_device_name(0) if cuda else "cpu",
-            "mixed_precision": "bf16" if cuda else "no"}
+            "name": torch.cuda.get_device_name(0) if cuda else "cpu"}
 
 
 # --------------------------------------------------------------------------- the run
@@ -380,7 +379,7 @@ def run_method(
     """
     from unlearn_kb.engine.lm import LanguageModel
     from unlearn_kb.engine.models import OutputFolder, load_model, writes_output
-    from unlearn_kb.engine.trainer import train
+    from unlearn_kb.engine.trainer import autocast_precision, train
 
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     if registry is None:
@@ -474,7 +473,8 @@ def run_method(
             "config": dataclasses.asdict(settings.config), "run": dataclasses.asdict(settings.run),
             "sources": settings.sources, "seed": seed, "toy_world": toy,
             "model": str(model_path), "data": data, "versions": _versions(),
-            "device": {**_device(), "parallelism": result.parallelism},
+            "device": {**_device(), "mixed_precision": autocast_precision(settings.run.mixed_precision),
+                       "parallelism": result.parallelism},
             "git_revision": _git_revision(), "reference": result.reference,
             "trained_parameters": result.trained_parameters, "steps": result.steps,
             "recall": {"before": before, "after": after, "examples": {k: len(v) for k, v in sets.items()}},

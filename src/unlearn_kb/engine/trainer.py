@@ -240,6 +240,13 @@ def _gathered_state(accelerator: Any, model: torch.nn.Module, forward: torch.nn.
     return state if accelerator.is_main_process else None
 
 
+def autocast_precision(setting: str) -> str:
+    """The autocast precision a run uses: the setting, with ``auto`` = bf16 on a GPU, none on the CPU."""
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() else "no"
+
+
 def _allow_precision(precision: str) -> None:
     """Let a single process train again with another autocast precision (``bench``, tests).
 
@@ -345,8 +352,7 @@ def train(
                         "and needs retain data; give --retain, or --set alpha=0 to drop the term")
 
     # cpu=True lets torchrun start several CPU processes over gloo (accelerate only detects them so).
-    precision = run.mixed_precision if run.mixed_precision != "auto" else (
-        "bf16" if torch.cuda.is_available() else "no")
+    precision = autocast_precision(run.mixed_precision)
     _allow_precision(precision)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
     set_seed(seed)
@@ -484,9 +490,8 @@ def train(
                 with accelerator.autocast():
                     step = Step(forward, batches, reference, number=step_number, total=total)
                     terms = method.loss(step, config)
-                values = {name: float(value.detach()) for name, value in terms.items()}
-                for name, number in values.items():
-                    sums[name] = sums.get(name, 0.0) + number / run.grad_accum
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + float(value.detach()) / run.grad_accum
                 accelerator.backward(terms["loss"] / run.grad_accum)
             tokens += step.tokens
         if accelerator.num_processes > 1:
