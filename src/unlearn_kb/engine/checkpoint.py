@@ -126,6 +126,24 @@ def capture(step: int, parameters: dict[str, torch.nn.Parameter], optimizer: tor
     )
 
 
+def _whole_on_main() -> Any:
+    """torch's state-dict options for a sharded model: whole tensors, on the CPU of rank 0 only."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole state dict of a model sharded with FSDP (1 or 2), on the CPU of rank 0.
+
+    Every process must call it (the gather is a collective); the other ranks get ``{}``. On an
+    unsharded model it is simply the state dict.
+    """
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_whole_on_main())
+
+
 def _gathered(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
               names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Whole trained tensors and optimizer state of a sharded model, on the main process.
@@ -133,10 +151,9 @@ def _gathered(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     torch keys the optimizer's state by parameter name; it is stored by position, as
     ``optimizer.state_dict()`` does (``names`` is in the optimizer's order).
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model_state, by_name = get_state_dict(model, optimizer,
-                                          options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    model_state, by_name = get_state_dict(model, optimizer, options=_whole_on_main())
     position = {name: i for i, name in enumerate(names)}
     trained = {name: model_state[name].contiguous() for name in names if name in model_state}
     optimizer_state = {

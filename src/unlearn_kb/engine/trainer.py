@@ -33,6 +33,7 @@ from unlearn_kb.engine.checkpoint import (
     StopRequests,
     TrainingState,
     capture,
+    full_state_dict,
     random_states,
     restore,
     restore_random_states,
@@ -208,17 +209,6 @@ def _activation_checkpointing(model: torch.nn.Module, enable: bool) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_disable()
-
-
-def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole state dict of a model sharded with FSDP (1 or 2), on the CPU of rank 0.
-
-    Every process must call it (the gather is a collective); the other ranks get ``{}``. On an
-    unsharded model it is simply the state dict.
-    """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _gathered_state(accelerator: Any, model: torch.nn.Module, forward: torch.nn.Module) -> dict[str, Any] | None:
