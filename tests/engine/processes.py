@@ -69,6 +69,13 @@ def interrupt(command: list[str], out: Path, signum: int, after_step: int = 5) -
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
+def saved_weights(folder: Path, name: str = "model.safetensors") -> dict:
+    """The tensors of a saved model (or of a checkpoint's ``trained.safetensors``) by name."""
+    from safetensors.torch import load_file
+
+    return load_file(folder / name)
+
+
 def tiny_data_files(folder: Path) -> tuple[Path, Path]:
     """The tiny forget and retain sets (``tiny.examples``) as JSON-lines files in ``folder``."""
     from tiny import examples

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import run_ok, sigterm_then_resume, tiny_data_files, torchrun
+from processes import run_ok, run_to_end, saved_weights, sigterm_then_resume, tiny_data_files, torchrun
 
 # NPO without its retain term: the loss is a mean over sequences, so the mean of two shards of
 # equal size is exactly the mean of the whole batch; what remains is float summation order.
@@ -83,10 +83,8 @@ def test_a_sharded_frozen_reference_gives_the_full_models_outputs_and_holds_a_sh
 def test_two_processes_interrupted_by_sigterm_resume_to_the_same_weights(tiny_model_dir, tmp_path):
     """A pre-empted multi-process job: torchrun forwards SIGTERM, the ranks agree to stop after the
     same step, rank 0 saves the checkpoint, and a resumed two-process run ends bit-identical."""
-    from safetensors.torch import load_file
-
     whole, cut = sigterm_then_resume(["-m", "unlearn_kb"], tiny_model_dir, tmp_path, (29521, 29522, 29523))
-    expected, got = load_file(whole / "model.safetensors"), load_file(cut / "model.safetensors")
+    expected, got = saved_weights(whole), saved_weights(cut)
     assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed weights differ"
 
 
@@ -152,8 +150,6 @@ main()
 def test_a_divergence_on_one_process_stops_every_process_with_the_last_good_state(tiny_model_dir, tmp_path):
     """A non-finite loss on one rank only: the ranks agree (the check reads the all-reduced terms),
     so none waits forever in a collective, and the state after the last good step is saved."""
-    from processes import run_to_end
-
     from unlearn_kb.engine.checkpoint import load_checkpoint
 
     forget, retain = tiny_data_files(tmp_path)
@@ -174,8 +170,6 @@ def test_a_divergence_on_one_process_stops_every_process_with_the_last_good_stat
 def test_ddp_with_a_sharded_reference_takes_the_same_steps_as_with_a_copy_per_process(toy_world, tmp_path):
     """--set shard_reference=true under DDP: each process holds a share of GA+KL's frozen reference
     (FSDP2, see the test above) instead of a whole copy, and the steps do not change."""
-    from safetensors.torch import load_file
-
     args = ["run", "ga_kl", "--steps", "3", "--set", "batch_size=4", "--set", "grad_accum=1", "--set", "lr=1e-3"]
     for port, flag in ((29527, "false"), (29528, "true")):
         run_ok(torchrun(port, "-m", "unlearn_kb", *args, "--set", f"shard_reference={flag}",
@@ -183,7 +177,7 @@ def test_ddp_with_a_sharded_reference_takes_the_same_steps_as_with_a_copy_per_pr
     manifests = {flag: json.loads((tmp_path / flag / "manifest.json").read_text()) for flag in ("false", "true")}
     assert manifests["false"]["reference"] == "live" and manifests["true"]["reference"] == "sharded"
     assert manifests["true"]["device"]["parallelism"] == "DDP"
-    copy, sharded = (load_file(tmp_path / flag / "model.safetensors") for flag in ("false", "true"))
+    copy, sharded = (saved_weights(tmp_path / flag) for flag in ("false", "true"))
     assert max(float((copy[k] - sharded[k]).abs().max()) for k in copy) < 1e-6  # measured 0.0
 
 
@@ -200,8 +194,6 @@ def test_processes_option_runs_the_command_on_two_processes(toy_world, tmp_path)
 
 @pytest.mark.slow
 def test_a_mistake_in_a_multi_process_run_is_one_line_and_exit_code_2(toy_world):
-    from processes import run_to_end
-
     done = run_to_end([sys.executable, "-m", "unlearn_kb", "run", "npo", "--set", "lr=abc", "--processes", "2"],
                       timeout=300)
     lines = [line for line in done.stderr.splitlines() if line.strip()]

@@ -14,18 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import run_ok, sigterm_then_resume, torchrun
+from processes import run_ok, saved_weights, sigterm_then_resume, torchrun
 
 # The launcher and the shipped config it applies: the test runs the settings users get.
 LAUNCHER = [str(Path(__file__).with_name("fsdp_on_cpu.py")),
             str(Path(__file__).parents[2] / "configs" / "accelerate" / "fsdp.yaml")]
 STEPS = ["--steps", "3", "--set", "grad_accum=1"]
-
-
-def _weights(folder: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(folder / name)
 
 
 def _single_and_sharded(tmp_path: Path, port: int, args: list[str]) -> tuple[Path, Path]:
@@ -48,7 +42,7 @@ def test_fsdp_takes_the_steps_of_one_process_and_saves_one_plain_checkpoint(toy_
         assert one["tokens"] == two["tokens"]
         assert abs(one["loss"] - two["loss"]) <= 1e-5 * abs(one["loss"]), (one, two)
         assert abs(one["grad_norm"] - two["grad_norm"]) <= 1e-4 * one["grad_norm"], (one, two)
-    whole, gathered = _weights(single), _weights(sharded)
+    whole, gathered = saved_weights(single), saved_weights(sharded)
     assert sorted(whole) == sorted(gathered)  # one ordinary checkpoint, not shards
     assert max(float((whole[k] - gathered[k]).abs().max()) for k in whole) < 1e-5
     manifest = json.loads((sharded / "manifest.json").read_text())
@@ -60,7 +54,7 @@ def test_fsdp_takes_the_steps_of_one_process_and_saves_one_plain_checkpoint(toy_
 
 def _moved_apart(single: Path, sharded: Path, original: Path, name: str = "model.safetensors") -> float:
     """How far the two runs' weights are apart, relative to how far training moved them."""
-    start, one, two = _weights(original, name), _weights(single, name), _weights(sharded, name)
+    start, one, two = saved_weights(original, name), saved_weights(single, name), saved_weights(sharded, name)
     gap = sum(float((one[k] - two[k]).float().norm() ** 2) for k in one) ** 0.5
     moved = sum(float((one[k] - start[k]).float().norm() ** 2) for k in one) ** 0.5
     assert moved > 0, "training changed nothing"
@@ -79,21 +73,21 @@ def test_fsdp_rmu_with_a_sharded_frozen_reference_matches_one_process(toy_world,
 def test_fsdp_lora_run_merges_the_gathered_adapter_into_a_plain_checkpoint(toy_world, tmp_path):
     single, sharded = _single_and_sharded(
         tmp_path, 29535, ["run", "ga_kl", "--lora", "r=4,alpha=8", "--set", "lr=1e-3"])
-    gathered = _weights(sharded)
+    gathered = saved_weights(sharded)
     assert not any("lora" in key for key in gathered)
-    assert sorted(gathered) == sorted(_weights(single))
+    assert sorted(gathered) == sorted(saved_weights(single))
     assert _moved_apart(single, sharded, toy_world.original_path) < 5e-3  # measured 3e-4
 
 
 @pytest.mark.slow
-def test_an_fsdp_run_interrupted_by_sigterm_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
+def test_an_fsdp_run_interrupted_by_sigterm_resumes_to_the_samesaved_weights(tiny_model_dir, tmp_path):
     """The checkpoint of a sharded run is gathered whole (weights and AdamW state) by every process
     together, and a resumed sharded run puts each shard back: it ends bit-identical."""
     def whole_tensors(checkpoint: Path) -> None:
-        saved, model = _weights(checkpoint, "trained.safetensors"), _weights(tiny_model_dir)
+        saved, model = saved_weights(checkpoint, "trained.safetensors"), saved_weights(tiny_model_dir)
         assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in model.items()}, \
             "the checkpoint holds whole tensors, not shards"
 
     whole, cut = sigterm_then_resume(LAUNCHER, tiny_model_dir, tmp_path, (29537, 29538, 29539), whole_tensors)
-    expected, got = _weights(whole), _weights(cut)
+    expected, got = saved_weights(whole), saved_weights(cut)
     assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed weights differ"

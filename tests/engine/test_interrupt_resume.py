@@ -15,11 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from processes import environment, interrupt, run_ok
-from safetensors.torch import load_file
+from processes import environment, interrupt, run_ok, saved_weights, tiny_data_files
 
 from unlearn_kb.engine.checkpoint import load_checkpoint
-from unlearn_kb.engine.data import write_jsonl
 from unlearn_kb.engine.run import run_method
 from unlearn_kb.errors import TrainingError, UserError
 
@@ -29,13 +27,7 @@ STEPS = 300
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
-    from tiny import examples
-
-    folder = tmp_path_factory.mktemp("data")
-    forget, retain = examples()
-    write_jsonl(folder / "forget.jsonl", forget)
-    write_jsonl(folder / "retain.jsonl", retain)
-    return folder / "forget.jsonl", folder / "retain.jsonl"
+    return tiny_data_files(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +45,8 @@ def _command(model: Path, data: tuple[Path, Path], out: Path, *extra: str) -> li
             "--set", "batch_size=2", "--set", "grad_accum=2", "--set", "lr=1e-3", *extra]
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / "model.safetensors")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_saves_a_checkpoint_and_resume_ends_with_the_same_weights(signum, tiny_model_dir, data_files,
+def test_a_signal_saves_a_checkpoint_and_resume_ends_with_the_samesaved_weights(signum, tiny_model_dir, data_files,
                                                                           uninterrupted, tmp_path):
     out = tmp_path / "interrupted"
     stopped = interrupt(_command(tiny_model_dir, data_files, out), out, signum)
@@ -71,7 +59,7 @@ def test_a_signal_saves_a_checkpoint_and_resume_ends_with_the_same_weights(signu
     assert 5 <= state.step < STEPS and len(state.records) == state.step
 
     run_ok(_command(tiny_model_dir, data_files, out, "--resume", str(checkpoint)))
-    expected, resumed = _weights(uninterrupted), _weights(out)
+    expected, resumed = saved_weights(uninterrupted), saved_weights(out)
     assert expected.keys() == resumed.keys()
     different = [name for name in expected if not torch.equal(expected[name], resumed[name])]
     assert not different, f"resumed weights differ from the uninterrupted run's: {different[:3]}"

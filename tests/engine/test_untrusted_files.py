@@ -11,22 +11,21 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from unlearn_kb.errors import ModelLoadError, RegistryError
 from unlearn_kb.registry import load_registry
 
-FIXTURE = Path(__file__).parent.parent / "fixtures" / "registry"
 
-
-def test_a_yaml_record_with_a_python_tag_is_rejected_without_running_it(tmp_path):
-    root = tmp_path / "registry"
-    shutil.copytree(FIXTURE, root)
+def test_a_yaml_record_with_a_python_tag_is_rejected_without_running_it(fixture_root, tmp_path):
+    load_registry(fixture_root)  # valid as it is: the hostile record below is the only problem
     marker = tmp_path / "pwned"
-    (root / "methods" / "evil.yaml").write_text(
+    (fixture_root / "methods" / "evil.yaml").write_text(
         f"id: evil\nname: !!python/object/apply:os.system ['touch {marker}']\n")
     with pytest.raises(RegistryError) as caught:
-        load_registry(root)
+        load_registry(fixture_root)
     assert any("evil.yaml" in str(p) for p in caught.value.problems)
+    assert all("evil.yaml" in str(p) for p in caught.value.problems)
     assert not marker.exists()
 
 
@@ -88,6 +87,8 @@ def test_allow_pickle_loads_plain_tensors(tiny_model_dir, tmp_path):
         load_model(folder)
     model, _ = load_model(folder, allow_pickle=True)
     assert sum(p.numel() for p in model.parameters()) > 0
+    expected = load_model(tiny_model_dir)[0].state_dict()  # the pickled weights, not a random init
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in model.state_dict().items())
 
 
 def test_allow_pickle_still_refuses_a_pickle_that_runs_code(tiny_model_dir, tmp_path):
