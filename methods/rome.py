@@ -86,14 +86,18 @@ class Config:
 # --------------------------------------------------------------------------- the closed-form updates
 
 
-def rome_update(weight: torch.Tensor, cov: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+def rome_update(weight: torch.Tensor, cov: torch.Tensor | None, key: torch.Tensor, value: torch.Tensor,
+                cov_inverse: torch.Tensor | None = None) -> torch.Tensor:
     """ROME's rank-one change ``Lambda (C^{-1} k)^T`` that makes ``(W + change) k = value``.
 
     ``weight``: ``(d_out, d_in)`` (torch's Linear layout, W k = weight @ k); ``cov``: ``(d_in, d_in)``;
     ``key``: ``(d_in,)``; ``value``: ``(d_out,)``. Returns ``(d_out, d_in)``, computed in float64.
+    C never changes during a run: pass ``cov_inverse`` (float64 C^{-1}, computed once per layer as
+    ``compute_u.get_inv_cov`` does) instead of ``cov`` to skip the solve for every edit.
     """
-    w, c, k, v = weight.double(), cov.double(), key.double(), value.double()
-    u = torch.linalg.solve(c, k)  # (d_in,) C^{-1} k
+    w, k, v = weight.double(), key.double(), value.double()
+    # (d_in,) C^{-1} k
+    u = cov_inverse.to(k.device) @ k if cov_inverse is not None else torch.linalg.solve(cov.double(), k)
     lam = (v - w @ k) / (u @ k)  # (d_out,)
     return torch.outer(lam, u)  # (d_out, d_in)
 
@@ -454,8 +458,8 @@ class ROME(BuildMethod):
         layers = check_layers(model, config.layers)
         requests = make_requests(forget, config.target, config.edit_unit)
         device = next(model.parameters()).device
-        covs = {layer: regularised(c, config.mom2_ridge).to(device)
-                for layer, c in second_moments(model, tokenizer, retain or [], layers, run.max_length).items()}
+        inverses = {layer: torch.linalg.inv(regularised(c, config.mom2_ridge).double()).to(device)  # once per layer
+                    for layer, c in second_moments(model, tokenizer, retain or [], layers, run.max_length).items()}
         norms: list[float] = []
         with frozen(model):
             for number, request in enumerate(requests, start=1):
@@ -466,7 +470,7 @@ class ROME(BuildMethod):
                     key = read_at_subject(model, module, batch, batch.rewrite, inputs=True)  # (d_ff,) k_*
                     current = module.weight.float() @ key  # (d,) W k_*
                     delta, terms = search_delta(model, module, batch, current, config, config.target)
-                    change = rome_update(module.weight, covs[layer], key, current + delta)
+                    change = rome_update(module.weight, None, key, current + delta, cov_inverse=inverses[layer])
                     with torch.no_grad():
                         module.weight += change.to(module.weight.dtype)
                     norms.append(float(change.norm()))

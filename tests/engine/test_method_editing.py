@@ -67,6 +67,9 @@ def test_rome_update_maps_the_key_to_its_value_and_barely_moves_held_out_keys():
     moved = (held_out @ change.T).norm(dim=-1).mean()
     assert moved < 0.2 * (change @ key.double()).norm(), "held-out keys moved as much as the edited key"
     assert torch.linalg.matrix_rank(change) == 1
+    # The run passes C^{-1}, computed once per layer, instead of solving with C for every edit.
+    from_inverse = rome_update(weight, None, key, value, cov_inverse=torch.linalg.inv(cov.double()))
+    assert torch.allclose(from_inverse, change, atol=1e-8)
 
 
 def test_ridge_is_relative_to_the_mean_diagonal():
