@@ -160,9 +160,6 @@ class CircuitBreakers(GradientMethod):
     def __init__(self) -> None:
         self.model: torch.nn.Module | None = None
 
-    def live_reference(self, config: Config) -> bool:
-        return True
-
     def trainable_parameters(self, model: torch.nn.Module, config: Config) -> list[str]:
         _check_layers(model, config)
         prefix = decoder_layers_prefix(model)

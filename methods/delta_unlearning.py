@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 
 from unlearn_kb.engine.data import Example
-from unlearn_kb.engine.lm import LanguageModel, left_padded_positions
+from unlearn_kb.engine.lm import LanguageModel, left_padded_positions, side_logits
 from unlearn_kb.engine.method import BuildMethod, Built, GradientMethod
 from unlearn_kb.errors import ConfigError
 
@@ -52,12 +52,9 @@ class Config:
 def offset_logits(small: torch.nn.Module, small_frozen: torch.nn.Module, input_ids: torch.Tensor,
                   attention_mask: torch.Tensor) -> torch.Tensor:
     """``z_phi - z_phi0`` for every position, ``(B, T, V)``; no gradient reaches ``small_frozen``."""
-    pos = left_padded_positions(attention_mask)
-    z = small(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False).logits
-    with torch.no_grad():
-        z0 = small_frozen(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                          use_cache=False).logits
-    return z - z0
+    z = small(input_ids=input_ids, attention_mask=attention_mask, position_ids=left_padded_positions(attention_mask),
+              use_cache=False).logits
+    return z - side_logits(small_frozen, input_ids, attention_mask, input_ids.shape[1])
 
 
 class OffsetModel(torch.nn.Module):
@@ -69,9 +66,7 @@ class OffsetModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, use_cache: bool = False,
                 **_: Any) -> SimpleNamespace:
-        with torch.no_grad():
-            z_big = self.big(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=left_padded_positions(attention_mask), use_cache=False).logits  # (B, T, V)
+        z_big = side_logits(self.big, input_ids, attention_mask, input_ids.shape[1])  # (B, T, V), no gradient
         return SimpleNamespace(logits=z_big + offset_logits(self.small, self.small_frozen, input_ids,
                                                             attention_mask))
 

@@ -44,8 +44,9 @@ Departures from the paper and its code, and why:
   scores answers, also lets the token classifier tag answer tokens;
 - the noise of a prompt is drawn from a generator seeded by (seed, the prompt's token ids), so a
   prompt is corrupted the same way in every batch and call; the code draws from the global RNG;
-- the metric f is the mean probability of the gold answer over the forget questions (TOFU's
-  answer-probability metric); the one released ZO script uses multiple-choice accuracy on WMDP
+- the metric f is the mean probability of the gold answer over the forget questions, the product
+  of its token probabilities (TOFU's reported probability is length-normalised, P^{1/|a|}, which
+  ``evaluation.behaviour.answer_probability`` computes); the one released ZO script uses multiple-choice accuracy on WMDP
   with target 0.27. The ZO search applies to ``rand_noise_first_n`` only (the other corruptions
   have no strength); ``zo_steps=0`` keeps sigma fixed, as the TOFU and copyright configs do.
 

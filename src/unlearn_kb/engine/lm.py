@@ -126,12 +126,13 @@ class LanguageModel:
         positions = left_padded_positions(attention_mask)
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         past = None
+        cache_name = _cache_argument(self.model)
         step_ids, step_pos = input_ids, positions
         sequence, mask = input_ids, attention_mask
         with torch.no_grad():
             for _ in range(max_new_tokens):
                 out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                                 use_cache=True, **_cache_kwargs(self.model, past))
+                                 use_cache=True, **{cache_name: past})
                 past = _cache_of(out)
                 logits = self.adjust_logits(sequence, mask, out.logits)[:, -1]  # (B, V)
                 nxt = logits.argmax(-1)
@@ -187,13 +188,12 @@ def side_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask:
     return logits[:, -last:]
 
 
-def _cache_kwargs(model: PreTrainedModel, past: object) -> dict[str, object]:
-    """The KV cache argument under its name: ``cache`` in recent transformers 5, else ``past_key_values``."""
+def _cache_argument(model: PreTrainedModel) -> str:
+    """The KV cache argument's name: ``cache`` in recent transformers 5, else ``past_key_values``."""
     import inspect
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper passes it on
-    name = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
-    return {name: past}
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def _cache_of(output: object) -> object:
