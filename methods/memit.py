@@ -58,6 +58,7 @@ from unlearn_kb.methods.rome import (
     make_requests,
     memit_update,
     read_at_subject,
+    read_many_at_subject,
     search_delta,
     second_moments,
 )
@@ -118,10 +119,11 @@ class MEMIT(BuildMethod):
             norms = {}
             for i, layer in enumerate(layers):
                 module = down_proj(model, layer)
-                keys = torch.stack([read_at_subject(model, module, b, b.rewrite, inputs=True) for b in batches],
-                                   dim=1)  # (d_ff, n)
-                current = torch.stack([read_at_subject(model, residual, b, b.rewrite, inputs=False)
-                                       for b in batches], dim=1)  # (H, n)
+                # One pass per request reads both its key here and its current h^L.
+                reads = [read_many_at_subject(model, b, b.rewrite, [(module, True), (residual, False)])
+                         for b in batches]
+                keys = torch.stack([key for key, _ in reads], dim=1)  # (d_ff, n)
+                current = torch.stack([h for _, h in reads], dim=1)  # (H, n)
                 residuals = (targets - current) / (len(layers) - i)  # (H, n)
                 change = memit_update(module.weight, covs[layer], keys, residuals, config.mom2_update_weight)
                 with torch.no_grad():

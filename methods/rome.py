@@ -54,6 +54,7 @@ Departures from the official code, and why:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ import torch
 
 from unlearn_kb.engine.data import IGNORE_INDEX, DataError, Example, collate, encode_all, prompt_text
 from unlearn_kb.engine.lm import LanguageModel
-from unlearn_kb.engine.method import BuildMethod, Built, decoder_layers
+from unlearn_kb.engine.method import BuildMethod, Built, decoder_layers, hidden_at_layer
 from unlearn_kb.errors import ConfigError
 
 Target = Literal["erase", "alternate"]
@@ -319,15 +320,33 @@ def capture(module: torch.nn.Module, store: dict[str, torch.Tensor], inputs: boo
         handle.remove()
 
 
+def layer_of(model: torch.nn.Module, module: torch.nn.Module) -> int:
+    """The index of the decoder layer that holds ``module``."""
+    for index, layer in enumerate(decoder_layers(model)):
+        if any(module is inner for inner in layer.modules()):
+            return index
+    raise ValueError(f"{type(module).__name__} is not inside a decoder layer")
+
+
 @torch.no_grad()
+def read_many_at_subject(model: torch.nn.Module, batch: EditBatch, rows: int,
+                         reads: Sequence[tuple[torch.nn.Module, bool]]) -> list[torch.Tensor]:
+    """For each ``(module, inputs)``: the module's input (``inputs=True``) or output at the subject
+    token, averaged over the first ``rows`` prompts, ``(H,)`` each. One forward pass serves them
+    all, and it stops at the highest of their layers (no layer above it, no LM head)."""
+    stores: list[dict[str, torch.Tensor]] = [{} for _ in reads]
+    with contextlib.ExitStack() as stack:
+        for (module, inputs), store in zip(reads, stores, strict=True):
+            stack.enter_context(capture(module, store, inputs))
+        hidden_at_layer(model, batch.input_ids[:rows], batch.attention_mask[:rows],
+                        max(layer_of(model, module) for module, _ in reads))
+    return [store["value"][torch.arange(rows), batch.lookup[:rows]].float().mean(0) for store in stores]
+
+
 def read_at_subject(model: torch.nn.Module, module: torch.nn.Module, batch: EditBatch, rows: int,
                     inputs: bool) -> torch.Tensor:
     """``module``'s input or output at the subject token, averaged over the first ``rows`` prompts, ``(H,)``."""
-    store: dict[str, torch.Tensor] = {}
-    with capture(module, store, inputs):
-        model(input_ids=batch.input_ids[:rows], attention_mask=batch.attention_mask[:rows], use_cache=False)
-    picked = store["value"][torch.arange(rows), batch.lookup[:rows]]  # (rows, H)
-    return picked.float().mean(0)
+    return read_many_at_subject(model, batch, rows, [(module, inputs)])[0]
 
 
 @torch.no_grad()
@@ -349,7 +368,8 @@ def second_moments(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Ex
                    for layer, m in modules.items()]
         try:
             attention = batch["attention_mask"].to(device)
-            model(input_ids=batch["input_ids"].to(device), attention_mask=attention, use_cache=False)
+            # Only the keys are read: the pass stops at the top edited layer (no LM head).
+            hidden_at_layer(model, batch["input_ids"].to(device), attention, max(layers))
         finally:
             for handle in handles:
                 handle.remove()
