@@ -112,20 +112,6 @@ def _base(config: Config) -> tuple[type[GradientMethod], Any]:
     return small_only(cls), resolve_settings(record, config_class(cls), toy=False).config
 
 
-def _load_small(config: Config, world: Any) -> torch.nn.Module:
-    if config.offset_model == "assistant":
-        if world is None:
-            raise ConfigError("offset_model 'assistant' is the toy world's; with --model give a checkpoint "
-                              "folder of a smaller model that shares its tokenizer (--set offset_model=PATH)")
-        from unlearn_kb.toyworld import load_toyworld
-
-        load_toyworld(world.config, assistant=True)  # trained on first request only
-        return world.load("assistant").model
-    from unlearn_kb.engine.models import load_model
-
-    return load_model(config.offset_model)[0]
-
-
 class DeltaUnlearning(BuildMethod):
     def needs_retain(self, config: Config) -> bool:
         method_cls, base_config = _base(config)
@@ -137,12 +123,9 @@ class DeltaUnlearning(BuildMethod):
         from unlearn_kb.engine.trainer import train
 
         method_cls, base_config = _base(config)
-        small = _load_small(config, world).to(original.device)
-        vocab, small_vocab = original.model.get_output_embeddings().weight.shape[0], \
-            small.get_output_embeddings().weight.shape[0]
-        if vocab != small_vocab:
-            raise ConfigError(f"offset_model has {small_vocab} output tokens, the model {vocab}: the pair "
-                              "must share the big model's tokenizer")
+        from unlearn_kb.engine.models import load_companion
+
+        small = load_companion(config.offset_model, original.model, world, "offset_model")[0].to(original.device)
         small_frozen = copy.deepcopy(small).eval().requires_grad_(False)
         combined = OffsetModel(original.model, small, small_frozen)
         result = train(method_cls(), base_config, run, model=combined, tokenizer=original.tokenizer,

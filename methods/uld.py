@@ -157,25 +157,10 @@ def load_assistant(config: Config, original: LanguageModel, world: Any) -> tuple
     """The assistant before training, and where it came from."""
     if config.assistant == "layers":
         return first_layers(original.model, config.num_layer), f"first {config.num_layer} layers of the target"
-    if config.assistant == "assistant":
-        if world is None:
-            raise ConfigError("assistant 'assistant' is the toy world's; with --model use the paper's "
-                              "--set assistant=layers, or a folder of a smaller model with the same tokenizer")
-        from unlearn_kb.toyworld import load_toyworld
+    from unlearn_kb.engine.models import load_companion
 
-        load_toyworld(world.config, assistant=True)  # trained on first request only
-        small, source = world.load("assistant").model, str(world.assistant_path)
-    else:
-        from unlearn_kb.engine.models import load_model
-
-        small, source = load_model(config.assistant)[0], config.assistant
-    vocab = original.model.get_output_embeddings().weight.shape[0]
-    small_vocab = small.get_output_embeddings().weight.shape[0]
-    if vocab != small_vocab:
-        raise ConfigError(f"the assistant {source} has {small_vocab} output tokens, the target {vocab}: ULD "
-                          "subtracts logits token by token, so both must share one tokenizer; use "
-                          "--set assistant=layers (the paper's: the target's first layers)")
-    return small, source
+    return load_companion(config.assistant, original.model, world, "assistant",
+                          hint="; or --set assistant=layers (the paper's: the target's first layers)")
 
 
 @dataclass

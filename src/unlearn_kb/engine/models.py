@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from unlearn_kb.engine.data import ensure_pad_token
-from unlearn_kb.errors import ModelLoadError, UserError
+from unlearn_kb.errors import ConfigError, ModelLoadError, UserError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -197,4 +197,30 @@ def is_main_process() -> bool:
 def writes_output(output: OutputFolder | None) -> bool:
     """Whether this process writes ``output``: under torchrun / accelerate launch only rank 0 does."""
     return output is not None and is_main_process()
+
+
+def load_companion(spec: str, target: Any, world: Any, setting: str, hint: str = "") -> tuple[Any, str]:
+    """A smaller model that works next to ``target`` on its vocabulary (ULD's assistant, delta
+    unlearning's offset model), and where it came from.
+
+    ``spec`` is ``"assistant"`` (the toy world's small assistant, trained on first use) or a model
+    folder. Both models' logits are combined token by token, so their output vocabularies must be
+    the same size; ``setting`` names the option for the error messages, ``hint`` adds advice.
+    """
+    if spec == "assistant":
+        if world is None:
+            raise ConfigError(f"{setting} 'assistant' is the toy world's; with --model give a folder of a smaller "
+                              f"model that shares its tokenizer (--set {setting}=PATH){hint}")
+        from unlearn_kb.toyworld import load_toyworld
+
+        load_toyworld(world.config, assistant=True)  # trained on first request only
+        small, source = world.load("assistant").model, str(world.assistant_path)
+    else:
+        small, source = load_model(spec)[0], spec
+    vocab = target.get_output_embeddings().weight.shape[0]
+    small_vocab = small.get_output_embeddings().weight.shape[0]
+    if vocab != small_vocab:
+        raise ConfigError(f"{setting} {source} has {small_vocab} output tokens, the model {vocab}: the logits are "
+                          f"combined token by token, so both must share one tokenizer{hint}")
+    return small, source
 
